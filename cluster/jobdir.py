@@ -1,0 +1,211 @@
+"""The job directory of the contract, atomic file writes, and checkpoint sidecars.
+
+Layout (``runs/<job-id>/`` by default)::
+
+    job.json                 resolved spec + state + one record per attempt (atomic)
+    rank_table.json          when the job uses an HCCL rank table
+    logs/rank_<R>.log        everything a rank printed;  logs/scheduler.log
+    events/rank_<R>.jsonl    the rank's event stream, marker removed
+    ckpt/rank_<R>/           checkpoints, each ``<name>.ckpt`` with a sidecar ``<name>.ckpt.json``
+    report/                  end-of-job summary and plots
+
+A checkpoint counts only once its sidecar exists; both are written atomically, sidecar last.
+This module is shared by the trainer (writes checkpoints), the orchestrator (picks the newest
+checkpoint every rank holds) and monitoring (reads logs and events); it imports nothing upward.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+JOB_JSON = "job.json"
+RANK_TABLE = "rank_table.json"
+LOGS = "logs"
+EVENTS = "events"
+CKPT = "ckpt"
+REPORT = "report"
+SIDECAR_SUFFIX = ".json"
+
+
+class JobPaths:
+    """Names of everything inside one job directory."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+
+    job_json = property(lambda self: self.root / JOB_JSON)
+    rank_table = property(lambda self: self.root / RANK_TABLE)
+    logs_dir = property(lambda self: self.root / LOGS)
+    events_dir = property(lambda self: self.root / EVENTS)
+    ckpt_dir = property(lambda self: self.root / CKPT)
+    report_dir = property(lambda self: self.root / REPORT)
+    scheduler_log = property(lambda self: self.root / LOGS / "scheduler.log")
+
+    def rank_log(self, rank: int) -> Path:
+        return self.root / LOGS / f"rank_{int(rank)}.log"
+
+    def rank_events(self, rank: int) -> Path:
+        return self.root / EVENTS / f"rank_{int(rank)}.jsonl"
+
+    def rank_ckpt_dir(self, rank: int) -> Path:
+        return self.root / CKPT / f"rank_{int(rank)}"
+
+    def make(self) -> "JobPaths":
+        for d in (self.logs_dir, self.events_dir, self.ckpt_dir, self.report_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint as its sidecar describes it."""
+    path: Path
+    epoch: int
+    global_step: int
+    sha256: str
+    config_sha: str
+    bytes: int
+    rank: Optional[int] = None
+    kind: str = "last"          # "last" (periodic, used for resume) or "best"
+    sidecar: Dict[str, Any] = None  # type: ignore[assignment]
+
+    @property
+    def sidecar_path(self) -> Path:
+        return sidecar_path(self.path)
+
+    def intact(self) -> bool:
+        """The file exists, has the recorded size and sha256."""
+        try:
+            if self.path.stat().st_size != self.bytes:
+                return False
+        except OSError:
+            return False
+        return sha256_file(self.path) == self.sha256
+
+
+def sidecar_path(ckpt_path: PathLike) -> Path:
+    p = Path(ckpt_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def checkpoint_name(epoch: int, global_step: int) -> str:
+    return f"pspnet_e{int(epoch):04d}_s{int(global_step):08d}.ckpt"
+
+
+_NAME_RE = re.compile(r"^pspnet_e(\d+)_s(\d+)\.ckpt$")
+
+
+def write_sidecar(ckpt_path: PathLike, *, epoch: int, global_step: int, config_sha: str,
+                  rank: Optional[int] = None, kind: str = "last", extra: Optional[Dict[str, Any]] = None,
+                  sha256: Optional[str] = None) -> CheckpointInfo:
+    """Hash a finished checkpoint file and write its sidecar atomically (call after the .ckpt is in place)."""
+    ckpt_path = Path(ckpt_path)
+    digest = sha256 or sha256_file(ckpt_path)
+    size = ckpt_path.stat().st_size
+    meta: Dict[str, Any] = {
+        "file": ckpt_path.name, "epoch": int(epoch), "global_step": int(global_step),
+        "sha256": digest, "bytes": size, "config_sha": config_sha, "rank": rank, "kind": kind,
+    }
+    if extra:
+        meta.update(extra)
+    atomic_write_json(sidecar_path(ckpt_path), meta)
+    return _info(ckpt_path, meta)
+
+
+def _info(ckpt_path: Path, meta: Dict[str, Any]) -> CheckpointInfo:
+    return CheckpointInfo(path=ckpt_path, epoch=int(meta["epoch"]), global_step=int(meta["global_step"]),
+                          sha256=str(meta["sha256"]), config_sha=str(meta.get("config_sha", "")),
+                          bytes=int(meta["bytes"]), rank=meta.get("rank"), kind=str(meta.get("kind", "last")),
+                          sidecar=meta)
+
+
+def read_sidecar(ckpt_path: PathLike) -> Optional[CheckpointInfo]:
+    """The checkpoint's info, or None when the sidecar is missing or unreadable (checkpoint not counted)."""
+    ckpt_path = Path(ckpt_path)
+    try:
+        meta = json.loads(sidecar_path(ckpt_path).read_text())
+        return _info(ckpt_path, meta)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def list_checkpoints(rank_dir: PathLike, kind: Optional[str] = "last") -> List[CheckpointInfo]:
+    """Checkpoints of one rank that have a sidecar, oldest first (by global step)."""
+    rank_dir = Path(rank_dir)
+    if not rank_dir.is_dir():
+        return []
+    found = []
+    for p in rank_dir.glob("*.ckpt"):
+        info = read_sidecar(p)
+        if info is not None and (kind is None or info.kind == kind):
+            found.append(info)
+    found.sort(key=lambda i: (i.global_step, i.epoch))
+    return found
+
+
+def newest_common_checkpoint(job_dir: PathLike, ranks: Iterable[int],
+                             verify: bool = True) -> Optional[Dict[int, CheckpointInfo]]:
+    """The newest global step for which every rank holds an intact checkpoint with one config.
+
+    Returns ``{rank: CheckpointInfo}`` or None when there is no such step.  With ``verify`` the
+    sha256 of every candidate is checked, so a torn or corrupted file is skipped, not resumed from.
+    """
+    paths = JobPaths(job_dir)
+    ranks = list(ranks)
+    per_rank: Dict[int, Dict[int, CheckpointInfo]] = {}
+    for r in ranks:
+        per_rank[r] = {i.global_step: i for i in list_checkpoints(paths.rank_ckpt_dir(r))}
+    if not ranks:
+        return None
+    common = set.intersection(*(set(d) for d in per_rank.values())) if per_rank else set()
+    for step in sorted(common, reverse=True):
+        chosen = {r: per_rank[r][step] for r in ranks}
+        if len({c.config_sha for c in chosen.values()}) != 1:
+            continue
+        if verify and not all(c.intact() for c in chosen.values()):
+            continue
+        return chosen
+    return None
