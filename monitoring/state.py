@@ -49,6 +49,14 @@ class DeviceState:
     step_time_history: List[tuple] = field(default_factory=list)
     loss_history: List[tuple] = field(default_factory=list)
     miou_history: List[tuple] = field(default_factory=list)   # (epoch, miou)
+    # added by the aggregator (additive):
+    last_event_age_s: Optional[float] = None     # now - last_event_ts at snapshot time
+    epoch_time_s: Optional[float] = None         # last epoch's wall time
+    mean_step_time_s: Optional[float] = None     # last epoch's mean step time (TimeMonitor's "per step time")
+    stalled: bool = False                        # running, but no event for longer than stale_after_s
+    dead: bool = False                           # the rank's process ended badly (job.json exit code / error)
+    exit_code: Optional[int] = None              # from job.json's last attempt, when recorded
+    source: str = ""                             # "events" or "text"
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -66,6 +74,12 @@ class JobSummary:
     slowest_rank: Optional[int] = None
     stragglers: List[int] = field(default_factory=list)
     straggler_margin: float = 0.2
+    # added by the aggregator (additive):
+    world_size: Optional[int] = None
+    updated_ts: Optional[float] = None           # when the snapshot was taken
+    dead: List[int] = field(default_factory=list)      # ranks whose process ended badly
+    stalled: List[int] = field(default_factory=list)   # running ranks without events for stale_after_s
+    eval_results: List[Dict[str, Any]] = field(default_factory=list)  # job-level eval lines of text logs
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,699 @@
+"""Aggregate event streams and text-log records into per-device and per-job state.
+
+Stable API (the exporter, web dashboard, `top`, `summary` and the report build on it)::
+
+    agg = Aggregator(job="", window=100, straggler_margin=0.2, stale_after_s=300.0)
+    agg.feed_event(ev)                  # one parsed event dict (monitoring.events.parse_line)
+    agg.feed_event_chunk(data)          # bytes of complete lines of one events/rank_<R>.jsonl file (fast path)
+    agg.feed_text(rec)                  # one monitoring.textlog.TextRecord with .rank set
+    agg.set_job_info(job_json_dict)     # job.json as read (tolerant: unknown or missing keys are fine)
+    agg.touch(rank, ts)                 # a text source changed at ts (text lines carry no time)
+    summary = agg.snapshot(now=None)    # -> monitoring.state.JobSummary (fresh objects; safe to keep)
+    agg.series(rank)                    # whole-run downsampled series for plots (dict of lists)
+
+    mon = JobMonitor(paths, job=None)   # finds sources (monitoring.sources), tails them incrementally
+    mon.poll()                          # reads only new bytes of every source -> lines consumed
+    mon.summary(now=None)               # == mon.aggregator.snapshot()
+
+Statistics per device: step time p50/p95/max over a sliding window of the last ``window`` steps
+(exact), and over the whole run: exact while at most ``EXACT_LIMIT`` step times were seen, then a
+log-bucket histogram with 1 % relative resolution (bounded memory whatever the run length; the
+maximum stays exact).  Percentiles of exact samples interpolate linearly (numpy's default).
+
+Straggler: a device whose step-time p50 (the window's, else the run's) exceeds the median of the
+other devices' p50 by more than ``straggler_margin`` (default 0.2 = 20 %); needs two or more devices.
+
+States: ``start`` -> starting, ``compiled``/``step``/``epoch``/``checkpoint``/``resumed`` -> running,
+``finished`` -> finished, ``error`` -> failed; a later attempt's ``start`` resets the state (best
+mIoU and histories are kept).  At snapshot time a running device without events for
+``stale_after_s`` is flagged ``stalled``; job.json's last attempt marks ranks with a non-zero exit
+code ``dead``, and a finished job (state succeeded/failed/stopped) turns still-"running" devices into
+``stopped``/``failed``.  Devices known only from plain text logs are "running" while their file
+grew within ``stale_after_s`` and "unknown" otherwise (text logs do not say that they ended).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from monitoring.events import parse_line
+from monitoring.state import DeviceState, JobSummary
+
+EXACT_LIMIT = 4096          # whole-run step times kept exactly up to this many, then histogram
+HIST_LO = 1e-6              # histogram range in seconds
+HIST_HI = 1e6
+HIST_RATIO = 1.01           # bucket width: 1 % relative
+_LOG_RATIO = math.log(HIST_RATIO)
+_NBUCKETS = int(math.ceil(math.log(HIST_HI / HIST_LO) / _LOG_RATIO)) + 1
+RECENT = 120                # points kept in DeviceState.*_history
+SERIES_CAP = 2048           # points kept per whole-run downsampled series
+
+
+class RunQuantiles:
+    """Streaming quantiles of one device's step times over the whole run (bounded memory)."""
+
+    __slots__ = ("count", "max", "_exact", "_hist")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max: Optional[float] = None
+        self._exact: Optional[List[float]] = []
+        self._hist: Optional[np.ndarray] = None
+
+    def add_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        self.count += int(values.size)
+        vmax = float(values.max())
+        self.max = vmax if self.max is None else max(self.max, vmax)
+        if self._exact is not None:
+            self._exact.extend(values.tolist())
+            if len(self._exact) <= EXACT_LIMIT:
+                return
+            values = np.asarray(self._exact, dtype=np.float64)
+            self._exact = None
+            self._hist = np.zeros(_NBUCKETS, dtype=np.int64)
+        idx = np.floor(np.log(np.clip(values, HIST_LO, HIST_HI) / HIST_LO) / _LOG_RATIO).astype(np.int64)
+        np.clip(idx, 0, _NBUCKETS - 1, out=idx)
+        self._hist += np.bincount(idx, minlength=_NBUCKETS)
+
+    def quantile(self, q: float) -> Optional[float]:
+        if self.count == 0:
+            return None
+        if self._exact is not None:
+            return float(np.percentile(np.asarray(self._exact), q * 100.0))
+        cum = np.cumsum(self._hist)
+        target = q * (self.count - 1) + 1
+        b = int(np.searchsorted(cum, target))
+        mid = HIST_LO * HIST_RATIO ** (b + 0.5)   # geometric middle of the bucket
+        return float(min(mid, self.max)) if self.max is not None else float(mid)
+
+
+class Series:
+    """A whole-run series downsampled to at most ``2*cap`` points: keep every ``stride``-th sample."""
+
+    __slots__ = ("cap", "stride", "n", "x", "y")
+
+    def __init__(self, cap: int = SERIES_CAP) -> None:
+        self.cap, self.stride, self.n = cap, 1, 0
+        self.x: List[int] = []
+        self.y: List[float] = []
+
+    def add_many(self, values: np.ndarray) -> None:
+        n0 = self.n
+        self.n += int(values.size)
+        first = (-n0) % self.stride
+        if first < values.size:
+            sel = values[first::self.stride]
+            self.x.extend(range(n0 + first, n0 + first + sel.size * self.stride, self.stride))
+            self.y.extend(sel.tolist())
+        while len(self.x) > 2 * self.cap:
+            self.x, self.y = self.x[::2], self.y[::2]
+            self.stride *= 2
+            keep = [i for i, x in enumerate(self.x) if x % self.stride == 0]
+            self.x = [self.x[i] for i in keep]
+            self.y = [self.y[i] for i in keep]
+
+
+class _Device:
+    """Mutable per-rank accumulator; ``state`` is the DeviceState copied out at snapshot."""
+
+    def __init__(self, job: str, rank: int, window: int) -> None:
+        self.state = DeviceState(job=job, rank=rank)
+        self.window: deque = deque(maxlen=window)
+        self.run = RunQuantiles()
+        self.step_series = Series()
+        self.loss_series = Series()
+        self.recent_steps: deque = deque(maxlen=RECENT)
+        self.recent_loss: deque = deque(maxlen=RECENT)
+        self.pending: List[float] = []            # step times not yet folded into the statistics
+        self.pending_loss: List[float] = []
+        self.epoch_step_times: List[tuple] = []   # (epoch, mean step time) from epoch events / TimeMonitor
+
+    def flush(self) -> None:
+        if self.pending:
+            t = np.asarray(self.pending, dtype=np.float64)
+            self.pending = []
+            self.add_times(t)
+        if self.pending_loss:
+            lv = np.asarray(self.pending_loss, dtype=np.float64)
+            self.pending_loss = []
+            self.loss_series.add_many(lv)
+
+    def add_times(self, t: np.ndarray) -> None:
+        t = t[np.isfinite(t)]
+        if t.size == 0:
+            return
+        self.window.extend(t[-self.window.maxlen:].tolist() if self.window.maxlen else [])
+        self.run.add_many(t)
+        self.step_series.add_many(t)
+
+
+def _num(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _int(value: Any, default: Optional[int] = None) -> Optional[int]:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return default
+
+
+# fast path: patterns over a whole chunk of one rank's event file
+_STEP_TAG = b'"event":"step"'
+_NONSTEP_RE = re.compile(rb'"event":"(?!step")')
+_STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
+_LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
+FAST_MIN_LINES = 64
+
+
+class Aggregator:
+    """Folds events and text records into per-device state; see the module docstring."""
+
+    def __init__(self, job: str = "", window: int = 100, straggler_margin: float = 0.2,
+                 stale_after_s: float = 300.0) -> None:
+        self.job = job
+        self.window = int(window)
+        self.straggler_margin = float(straggler_margin)
+        self.stale_after_s = float(stale_after_s)
+        self.devices: Dict[int, _Device] = {}
+        self.job_info: Dict[str, Any] = {}
+        self.eval_results: List[Dict[str, Any]] = []
+        self.max_attempt = 0
+        self.world_size: Optional[int] = None
+        self.lines_seen = 0
+
+    # ------------------------------------------------------------------ input
+    def _dev(self, rank: int) -> _Device:
+        d = self.devices.get(rank)
+        if d is None:
+            d = self.devices[rank] = _Device(self.job, rank, self.window)
+        return d
+
+    def feed_event(self, ev: Dict[str, Any]) -> None:
+        """Apply one parsed event (unknown names and fields are ignored; bad values are skipped)."""
+        if not isinstance(ev, dict):
+            return
+        rank = _int(ev.get("rank"))
+        if rank is None or rank < 0:
+            return
+        name = ev.get("event")
+        d = self._dev(rank)
+        if name == "step":
+            self._step_fields(d, ev)
+            st = _num(ev.get("step_time_s"))
+            if st is not None:
+                d.pending.append(st)
+            loss = _num(ev.get("loss"))
+            if loss is not None:
+                d.pending_loss.append(loss)
+            if len(d.pending) >= 4096:
+                d.flush()
+            return
+        self._common(d, ev)
+        s = d.state
+        if name == "start":
+            attempt = _int(ev.get("attempt"), 0) or 0
+            if attempt > s.attempt or s.state in ("unknown",):
+                s.error = None
+            s.state = "starting"
+            s.pid = _int(ev.get("pid"), s.pid)
+        elif name == "compiled":
+            s.compile_s = _num(ev.get("seconds"))
+            s.state = "running"
+        elif name == "epoch":
+            s.state = "running"
+            epoch = _int(ev.get("epoch"))
+            if epoch is not None:
+                s.epoch = epoch
+            s.epoch_time_s = _num(ev.get("epoch_time_s")) or s.epoch_time_s
+            mst = _num(ev.get("mean_step_time_s"))
+            if mst is not None:
+                s.mean_step_time_s = mst
+                d.epoch_step_times.append((epoch, mst))
+            for key in ("val_loss", "miou", "macc", "allacc"):
+                v = _num(ev.get(key))
+                if v is not None:
+                    setattr(s, key, v)
+            self._miou(d, epoch, _num(ev.get("miou")), _num(ev.get("best_miou")))
+        elif name in ("checkpoint", "resumed"):
+            if s.state in ("unknown", "starting"):
+                s.state = "running"
+            gs = _int(ev.get("global_step"))
+            if name == "resumed" and gs is not None:
+                s.global_step = gs
+                s.epoch = _int(ev.get("epoch"), s.epoch) or s.epoch
+        elif name == "finished":
+            s.state = "finished"
+            s.epochs = _int(ev.get("epochs"), s.epochs)
+            b = _num(ev.get("best_miou"))
+            if b is not None:
+                s.best_miou = b if s.best_miou is None else max(s.best_miou, b)
+        elif name == "error":
+            s.state = "failed"
+            msg = ev.get("message")
+            s.error = str(msg)[:500] if msg is not None else "error"
+
+    def _common(self, d: _Device, ev: Dict[str, Any]) -> None:
+        s = d.state
+        s.source = s.source or "events"
+        ts = _num(ev.get("ts"))
+        if ts is not None and (s.last_event_ts is None or ts >= s.last_event_ts):
+            s.last_event_ts = ts
+        attempt = _int(ev.get("attempt"), 0) or 0
+        if attempt > s.attempt:
+            s.attempt = attempt
+            s.error = None
+            if s.state in ("failed", "finished", "stopped"):
+                s.state = "starting"
+        self.max_attempt = max(self.max_attempt, attempt)
+        ws = _int(ev.get("world_size"))
+        if ws is not None and ws > 0:
+            s.world_size = ws
+            self.world_size = max(self.world_size or 0, ws)
+        dev = _int(ev.get("device"))
+        if dev is not None:
+            s.device = dev
+        host = ev.get("host")
+        if isinstance(host, str) and host:
+            s.host = host
+        job = ev.get("job")
+        if isinstance(job, str) and job and not self.job:
+            self.job = job
+        if not s.job and self.job:
+            s.job = self.job
+
+    def _step_fields(self, d: _Device, ev: Dict[str, Any]) -> None:
+        """The 'last seen' fields of a step event (statistics are added separately)."""
+        self._common(d, ev)
+        s = d.state
+        if s.state not in ("finished",):
+            s.state = "running"
+        s.steps_seen += 1
+        for key in ("epoch", "step", "global_step"):
+            v = _int(ev.get(key))
+            if v is not None:
+                setattr(s, key, v)
+        spe = _int(ev.get("steps_per_epoch"))
+        if spe:
+            s.steps_per_epoch = spe
+        epochs = _int(ev.get("epochs"))
+        if epochs:
+            s.epochs = epochs
+        for key in ("loss", "lr", "images_per_s", "step_time_s"):
+            v = _num(ev.get(key))
+            if v is not None:
+                setattr(s, key, v)
+        ts = _num(ev.get("ts"))
+        st = _num(ev.get("step_time_s"))
+        if st is not None:
+            d.recent_steps.append((ts, st))
+        loss = _num(ev.get("loss"))
+        if loss is not None:
+            d.recent_loss.append((ts, loss))
+
+    def _miou(self, d: _Device, epoch: Optional[int], miou: Optional[float], best: Optional[float]) -> None:
+        s = d.state
+        if miou is not None:
+            s.miou = miou
+            s.miou_history.append((epoch, miou))
+        cands = [v for v in (s.best_miou, best, miou) if v is not None]
+        if cands:
+            s.best_miou = max(cands)
+
+    def feed_event_chunk(self, data: bytes) -> int:
+        """Apply complete lines of ONE rank's event file; returns the number of lines.
+
+        Fast path for the common case (mostly well-formed step events of one rank): the step times
+        and losses of the whole chunk are pulled out with two regex scans and folded in with numpy;
+        only non-step events and the last step line are json-parsed.  Any chunk that does not pass
+        the structure checks (one event per line, every line ``{...}``, one rank, numeric values)
+        goes through ``parse_line`` line by line, so results are the same either way.
+        """
+        if not data:
+            return 0
+        n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        self.lines_seen += n_lines
+        if n_lines < FAST_MIN_LINES or not self._fast_chunk(data, n_lines):
+            for line in data.split(b"\n"):
+                if line:
+                    ev = parse_line(line)
+                    if ev is not None:
+                        self.feed_event(ev)
+        return n_lines
+
+    def _fast_chunk(self, data: bytes, n_lines: int) -> bool:
+        if not data.endswith(b"\n") or not data.startswith(b"{"):
+            return False
+        if data.count(b"}\n") != n_lines or data.count(b"\n{") != n_lines - 1:
+            return False
+        n_step = data.count(_STEP_TAG)
+        others = [m.start() for m in _NONSTEP_RE.finditer(data)]
+        if n_step + len(others) != n_lines or n_step < n_lines // 2:
+            return False
+        times = _STEP_TIME_RE.findall(data)
+        losses = _LOSS_RE.findall(data)
+        if len(times) != n_step or len(losses) != n_step:
+            return False
+        last_at = data.rfind(_STEP_TAG)
+        last_ev = parse_line(_line_at(data, last_at))
+        if last_ev is None or last_ev.get("event") != "step":
+            return False
+        rank = _int(last_ev.get("rank"))
+        if rank is None or rank < 0:
+            return False
+        r = str(rank).encode()
+        if data.count(b'"rank":' + r + b",") + data.count(b'"rank":' + r + b"}") != n_lines:
+            return False
+        try:
+            t = np.array(times).astype(np.float64)
+        except ValueError:
+            return False
+        try:
+            lv = np.array(losses).astype(np.float64)
+        except ValueError:
+            lv = np.array([_to_float(x) for x in losses], dtype=np.float64)
+        # parse the other events now (they are few), apply in order around the last step line
+        other_evs = [(p, parse_line(_line_at(data, p))) for p in others]
+        d = self._dev(rank)
+        d.flush()
+        for p, ev in other_evs:
+            if ev is not None and p < last_at:
+                self.feed_event(ev)
+        # step statistics of the whole chunk, then the last step's fields
+        d.add_times(t)
+        d.loss_series.add_many(lv[np.isfinite(lv)])
+        tail = self._tail_steps(data, last_at)
+        steps_before = d.state.steps_seen
+        for ev in tail:
+            self._step_fields(d, ev)
+        self._step_fields(d, last_ev)
+        d.state.steps_seen = steps_before + n_step
+        for p, ev in other_evs:
+            if ev is not None and p > last_at:
+                self.feed_event(ev)
+        return True
+
+    def _tail_steps(self, data: bytes, last_at: int) -> List[Dict[str, Any]]:
+        """The step events of the last RECENT lines before the last step line (for the histories)."""
+        out: List[Dict[str, Any]] = []
+        end = data.rfind(b"\n", 0, last_at)
+        for _ in range(RECENT - 1):
+            if end < 0:
+                break
+            start = data.rfind(b"\n", 0, end) + 1
+            line = data[start:end]
+            if _STEP_TAG in line:
+                ev = parse_line(line)
+                if ev is not None:
+                    out.append(ev)
+            end = start - 1
+        out.reverse()
+        return out
+
+    def feed_text(self, rec: Any) -> None:
+        """Apply one TextRecord (monitoring.textlog) whose ``rank`` is set."""
+        kind = getattr(rec, "kind", None)
+        fields = getattr(rec, "fields", None) or {}
+        if kind == "event":
+            ev = fields.get("event")
+            if isinstance(ev, dict):
+                self.feed_event(ev)
+            return
+        if kind == "eval":
+            self.eval_results.append(dict(fields))
+            return
+        rank = getattr(rec, "rank", None)
+        if not isinstance(rank, int) or rank < 0:
+            return
+        d = self._dev(rank)
+        s = d.state
+        s.source = s.source or "text"
+        if getattr(rec, "device", None) is not None:
+            s.device = rec.device
+        if s.state in ("unknown", "starting"):
+            s.state = "running"
+        if kind == "step":
+            s.steps_seen += 1
+            s.epoch = fields.get("epoch") or s.epoch
+            s.step = fields.get("step") or s.step
+            s.global_step += 1
+            if fields.get("loss") is not None:
+                s.loss = fields["loss"]
+                d.pending_loss.append(fields["loss"])
+                d.recent_loss.append((None, fields["loss"]))
+        elif kind == "time":
+            st = fields.get("step_time_s")
+            s.epoch_time_s = fields.get("epoch_time_s")
+            if st is not None:
+                s.mean_step_time_s = st
+                s.step_time_s = st
+                d.pending.append(st)
+                d.recent_steps.append((None, st))
+                d.epoch_step_times.append((None, st))
+        elif kind == "val":
+            s.epoch = max(s.epoch, fields.get("epoch") or 0)
+            if fields.get("val_loss") is not None:
+                s.val_loss = fields["val_loss"]
+        elif kind == "miou":
+            epoch = fields.get("epoch")
+            if epoch:
+                s.epoch = max(s.epoch, epoch)
+            self._miou(d, epoch, fields.get("miou"), fields.get("best_miou"))
+
+    def touch(self, rank: int, ts: float) -> None:
+        """A text source of ``rank`` changed at ``ts`` (its lines carry no time of their own)."""
+        d = self.devices.get(rank)
+        if d is not None and (d.state.last_event_ts is None or ts > d.state.last_event_ts):
+            d.state.last_event_ts = ts
+
+    def set_job_info(self, info: Any) -> None:
+        """job.json as read; only what is recognised is used."""
+        self.job_info = info if isinstance(info, dict) else {}
+        job = self.job_info.get("job") or self.job_info.get("id") or self.job_info.get("job_id")
+        if isinstance(job, str) and job and not self.job:
+            self.job = job
+
+    # ------------------------------------------------------------------ output
+    def series(self, rank: int) -> Dict[str, list]:
+        """Whole-run series of one rank for plots: step times and losses by step index, mIoU by epoch."""
+        d = self.devices.get(rank)
+        if d is None:
+            return {"step_x": [], "step_time_s": [], "loss_x": [], "loss": [], "miou": [], "epoch_step_time_s": []}
+        d.flush()
+        return {"step_x": list(d.step_series.x), "step_time_s": list(d.step_series.y),
+                "loss_x": list(d.loss_series.x), "loss": list(d.loss_series.y),
+                "miou": list(d.state.miou_history), "epoch_step_time_s": list(d.epoch_step_times)}
+
+    def snapshot(self, now: Optional[float] = None) -> JobSummary:
+        now = time.time() if now is None else now
+        info = self.job_info
+        attempts = info.get("attempts") if isinstance(info.get("attempts"), list) else []
+        job_state = info.get("state") if isinstance(info.get("state"), str) else None
+        last_attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+        exit_codes = _exit_codes(last_attempt)
+        devices: Dict[int, DeviceState] = {}
+        for rank, d in sorted(self.devices.items()):
+            d.flush()
+            s = DeviceState(**{k: getattr(d.state, k) for k in d.state.__dataclass_fields__})
+            s.step_time_history = list(d.recent_steps)
+            s.loss_history = list(d.recent_loss)
+            s.miou_history = list(d.state.miou_history)
+            if d.window:
+                w = np.asarray(d.window, dtype=np.float64)
+                s.step_time_p50_s = float(np.percentile(w, 50))
+                s.step_time_p95_s = float(np.percentile(w, 95))
+                s.step_time_max_s = float(w.max())
+            s.run_step_time_p50_s = d.run.quantile(0.5)
+            s.run_step_time_p95_s = d.run.quantile(0.95)
+            s.run_step_time_max_s = d.run.max
+            if s.last_event_ts is not None:
+                s.last_event_age_s = max(0.0, now - s.last_event_ts)
+            code = exit_codes.get(rank)
+            if code is not None:
+                s.exit_code = code
+                if code != 0:
+                    s.dead = True
+                    if s.state not in ("finished",):
+                        s.state = "failed"
+            if s.state == "failed":
+                s.dead = True
+            if job_state in ("succeeded", "failed", "stopped") and s.state in ("starting", "running", "unknown"):
+                s.state = "failed" if job_state == "failed" and s.dead else "stopped"
+            stale = s.last_event_age_s is not None and s.last_event_age_s > self.stale_after_s
+            if s.source == "text" and s.state == "running" and (stale or s.last_event_age_s is None):
+                s.state = "unknown"          # plain logs do not say that they ended: only "not growing"
+            elif s.state in ("starting", "running") and stale:
+                s.stalled = True
+            devices[rank] = s
+        summary = JobSummary(job=self.job or str(info.get("job") or ""), straggler_margin=self.straggler_margin)
+        summary.devices = devices
+        summary.updated_ts = now
+        summary.world_size = self.world_size or (len(devices) or None)
+        summary.eval_results = list(self.eval_results)
+        summary.restarts = max(self.max_attempt, len(attempts) - 1 if attempts else 0)
+        summary.attempt = max(self.max_attempt, len(attempts) - 1 if attempts else 0)
+        summary.state = job_state or _derived_state(devices)
+        ips = [s.images_per_s for s in devices.values() if s.images_per_s is not None and not s.dead
+               and s.state not in ("stopped", "failed")]
+        summary.total_images_per_s = float(sum(ips)) if ips else None
+        p50 = {r: (s.step_time_p50_s if s.step_time_p50_s is not None else s.run_step_time_p50_s)
+               for r, s in devices.items()}
+        p50 = {r: v for r, v in p50.items() if v is not None}
+        if p50:
+            summary.slowest_rank = max(p50, key=lambda r: (p50[r], -r))
+        summary.stragglers = stragglers(p50, self.straggler_margin)
+        for r in summary.stragglers:
+            devices[r].straggler = True
+        summary.dead = [r for r, s in devices.items() if s.dead]
+        summary.stalled = [r for r, s in devices.items() if s.stalled]
+        return summary
+
+
+def stragglers(p50: Dict[int, float], margin: float) -> List[int]:
+    """Ranks whose p50 exceeds the median of the OTHER ranks' p50 by more than ``margin``."""
+    out = []
+    if len(p50) < 2:
+        return out
+    for r, v in sorted(p50.items()):
+        others = [x for q, x in p50.items() if q != r]
+        med = float(np.median(others))
+        if med > 0 and v > med * (1.0 + margin):
+            out.append(r)
+    return out
+
+
+def _derived_state(devices: Dict[int, DeviceState]) -> str:
+    states = {s.state for s in devices.values()}
+    if not states:
+        return "unknown"
+    if "failed" in states:
+        return "failed"
+    if states <= {"finished"}:
+        return "succeeded"
+    if states & {"running", "starting"}:
+        return "running"
+    return sorted(states)[0]
+
+
+def _exit_codes(attempt: Dict[str, Any]) -> Dict[int, int]:
+    """Per-rank exit codes of an attempt record, read tolerantly (dict or list forms)."""
+    raw = attempt.get("exit_codes") if isinstance(attempt, dict) else None
+    out: Dict[int, int] = {}
+    if isinstance(raw, dict):
+        items: Iterable = raw.items()
+    elif isinstance(raw, list):
+        items = enumerate(raw)
+    else:
+        return out
+    for k, v in items:
+        r, c = _int(k), _int(v)
+        if r is not None and c is not None:
+            out[r] = c
+    return out
+
+
+def _line_at(data: bytes, pos: int) -> bytes:
+    start = data.rfind(b"\n", 0, pos) + 1
+    end = data.find(b"\n", pos)
+    return data[start:] if end < 0 else data[start:end]
+
+
+def _to_float(text: bytes) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def read_job_json(path: Any) -> Dict[str, Any]:
+    """job.json as a dict, or {} when missing, unreadable or not an object (never raises)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+class JobMonitor:
+    """Owner loop of one job's inputs: finds the sources, tails them, feeds one Aggregator.
+
+    ``paths``: a job directory, a folder of logs, or files (see monitoring.sources).  ``poll()``
+    reads only bytes added since the last call (a truncated or replaced file is re-read from its
+    start) and returns the number of new lines; sources that appear later (a rank starting late)
+    are picked up by the next poll.
+    """
+
+    def __init__(self, paths: Sequence[Any], job: Optional[str] = None, **agg_kwargs: Any) -> None:
+        from monitoring.sources import discover  # local: sources imports this module's siblings only
+        from monitoring.tailer import Tailer
+        self.paths = [Path(p) for p in paths]
+        self._discover = discover
+        self.aggregator = Aggregator(job=job or "", **agg_kwargs)
+        self.tailer = Tailer()
+        self.sources: Dict[Path, Any] = {}
+        self._parsers: Dict[Path, Any] = {}
+        self.job_json: Optional[Path] = None
+
+    def refresh_sources(self) -> None:
+        found = self._discover(self.paths)
+        self.job_json = found.job_json
+        if not self.aggregator.job and found.job:
+            self.aggregator.job = found.job
+        for src in found.sources:
+            if src.path not in self.sources:
+                self.sources[src.path] = src
+                self.tailer.add(src.path)
+
+    def poll(self) -> int:
+        from monitoring.textlog import TextLogParser
+        self.refresh_sources()
+        if self.job_json is not None:
+            self.aggregator.set_job_info(read_job_json(self.job_json))
+        lines = 0
+        for chunk in self.tailer.poll():
+            src = self.sources.get(chunk.path)
+            if src is None:
+                continue
+            if chunk.reset:
+                self._parsers.pop(chunk.path, None)
+            if src.kind == "events":
+                lines += self.aggregator.feed_event_chunk(chunk.data)
+                continue
+            parser = self._parsers.get(chunk.path)
+            if parser is None:
+                parser = self._parsers[chunk.path] = TextLogParser(rank=src.rank, device=src.device)
+            touched = set()
+            for line in chunk.data.split(b"\n"):
+                if not line:
+                    continue
+                lines += 1
+                rec = parser.feed(line)
+                if rec is not None:
+                    self.aggregator.feed_text(rec)
+                    if rec.rank is not None:
+                        touched.add(rec.rank)
+            for r in touched:
+                self.aggregator.touch(r, chunk.mtime)
+        return lines
+
+    def summary(self, now: Optional[float] = None) -> JobSummary:
+        return self.aggregator.snapshot(now)

@@ -1,0 +1,148 @@
+"""Find the inputs of a job: a job directory, a folder of logs, or single files.
+
+``discover(paths)`` returns a ``Found`` with the job name, job.json (if any) and a list of
+``Source(path, kind, rank, device)``:
+
+* **job directory** (has ``job.json`` or ``events/``): ``events/rank_<R>.jsonl`` as event sources;
+  only when there are no event files, ``logs/rank_<R>.log`` as text sources (they hold the same
+  events behind the ``@pspnet`` marker, so reading both would count everything twice).
+* **folder of logs** (searched three levels deep): ``*.jsonl`` event files; msrun's
+  ``worker_<N>.log`` (rank N); the model zoo's ``LOG<N>/log.txt`` (device N, rank N); our
+  ``rank_<R>.log``; any other ``*.log``/``*.txt``/``*.out`` as a text log without a known rank.
+  ``scheduler.log`` is skipped.
+* **a file**: ``.jsonl`` is an event file; anything else a text log, ranked by its name as above.
+
+Text logs without a known rank: a single one is demultiplexed as an interleaved multi-device log
+(see ``monitoring.textlog``); when there are several, each is taken to be one device, ranked in
+name order after the ranked ones.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+from cluster.jobdir import EVENTS, JOB_JSON, LOGS
+
+_RANK_EVENTS = re.compile(r"^rank_(\d+)\.jsonl$")
+_RANK_LOG = re.compile(r"^rank_(\d+)\.log$")
+_WORKER_LOG = re.compile(r"^worker_(\d+)\.log$")
+_LOG_DIR = re.compile(r"^LOG(\d+)$", re.IGNORECASE)
+TEXT_SUFFIXES = (".log", ".txt", ".out")
+SKIP_NAMES = ("scheduler.log",)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str                        # "events" or "text"
+    rank: Optional[int] = None
+    device: Optional[int] = None
+
+
+@dataclass
+class Found:
+    job: str = ""
+    job_json: Optional[Path] = None
+    job_dir: Optional[Path] = None
+    sources: List[Source] = field(default_factory=list)
+    missing: List[Path] = field(default_factory=list)
+
+
+def is_job_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / JOB_JSON).is_file() or (path / EVENTS).is_dir())
+
+
+def classify_file(path: Path) -> Source:
+    """Kind, rank and device of one file, from its name and its parent folder's name."""
+    name = path.name
+    m = _RANK_EVENTS.match(name)
+    if name.endswith(".jsonl"):
+        return Source(path, "events", int(m.group(1)) if m else None)
+    m = _WORKER_LOG.match(name)
+    if m:
+        return Source(path, "text", int(m.group(1)))
+    m = _RANK_LOG.match(name)
+    if m:
+        return Source(path, "text", int(m.group(1)))
+    m = _LOG_DIR.match(path.parent.name)
+    if m and name == "log.txt":
+        n = int(m.group(1))
+        return Source(path, "text", n, n)
+    return Source(path, "text")
+
+
+def _job_dir_sources(root: Path) -> List[Source]:
+    events = sorted((root / EVENTS).glob("rank_*.jsonl"), key=_rank_key) if (root / EVENTS).is_dir() else []
+    if events:
+        return [classify_file(p) for p in events]
+    logs = sorted((root / LOGS).glob("rank_*.log"), key=_rank_key) if (root / LOGS).is_dir() else []
+    return [classify_file(p) for p in logs]
+
+
+def _rank_key(p: Path) -> tuple:
+    m = re.search(r"(\d+)", p.name)
+    return (int(m.group(1)) if m else -1, p.name)
+
+
+def _walk_folder(root: Path, depth: int = 3) -> List[Path]:
+    out: List[Path] = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return out
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if depth > 0 and not e.name.startswith("."):
+                    out.extend(_walk_folder(Path(e.path), depth - 1))
+            elif e.is_file() and not e.name.startswith("."):
+                if e.name.endswith(".jsonl") or (e.name.endswith(TEXT_SUFFIXES) and e.name not in SKIP_NAMES):
+                    out.append(Path(e.path))
+        except OSError:
+            continue
+    return out
+
+
+def discover(paths: Iterable[Any]) -> Found:
+    """Sources of the given paths (see the module docstring).  Missing paths are listed, not raised."""
+    found = Found()
+    files: List[Source] = []
+    for raw in paths:
+        p = Path(raw)
+        if is_job_dir(p):
+            found.job_dir = found.job_dir or p
+            if (p / JOB_JSON).is_file() and found.job_json is None:
+                found.job_json = p / JOB_JSON
+            found.job = found.job or p.resolve().name
+            files.extend(_job_dir_sources(p))
+        elif p.is_dir():
+            found.job = found.job or p.resolve().name
+            files.extend(classify_file(f) for f in _walk_folder(p))
+        elif p.is_file():
+            found.job = found.job or p.stem
+            files.append(classify_file(p))
+        else:
+            found.missing.append(p)
+    seen = set()
+    unique = []
+    for s in files:
+        key = s.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    unranked = [s for s in unique if s.kind == "text" and s.rank is None]
+    if len(unranked) > 1:
+        taken = {s.rank for s in unique if s.rank is not None}
+        nxt = 0
+        ranked = {}
+        for s in unranked:
+            while nxt in taken:
+                nxt += 1
+            ranked[s.path] = Source(s.path, "text", nxt)
+            taken.add(nxt)
+        unique = [ranked.get(s.path, s) for s in unique]
+    found.sources = unique
+    return found

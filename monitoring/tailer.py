@@ -1,0 +1,108 @@
+"""Follow many files at once, reading only the bytes added since the last poll.
+
+Per file the tailer keeps the offset read so far, the file's identity (device, inode) and the
+incomplete last line.  ``poll()`` returns, per file that grew, one ``Chunk`` of complete lines
+(ending with ``\\n``); a partial last line is held back until its newline arrives.  A file that
+shrinks (truncated) or is replaced (rotated: a new inode at the same path) is re-read from its
+start and its chunk carries ``reset=True`` (the held-back partial line of the old file is dropped).
+A file that does not exist yet is simply waited for.  Nothing here raises on I/O errors: a file
+that cannot be read is skipped for this poll.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+#: Most bytes read from one file in one poll (a huge backlog is consumed over several polls).
+MAX_READ = 64 << 20
+
+
+@dataclass
+class Chunk:
+    path: Path
+    data: bytes          # complete lines, each ending with b"\n"
+    reset: bool = False  # the file was truncated or replaced: data starts at its beginning
+    mtime: float = 0.0
+
+
+class _Followed:
+    __slots__ = ("path", "offset", "ident", "partial", "pending_reset")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.ident: Optional[tuple] = None
+        self.partial = b""
+        self.pending_reset = False
+
+
+class Tailer:
+    """Incremental reader of many files; see the module docstring."""
+
+    def __init__(self, max_read: int = MAX_READ) -> None:
+        self.max_read = int(max_read)
+        self._files: Dict[Path, _Followed] = {}
+
+    def add(self, path: PathLike) -> None:
+        p = Path(path)
+        if p not in self._files:
+            self._files[p] = _Followed(p)
+
+    def remove(self, path: PathLike) -> None:
+        self._files.pop(Path(path), None)
+
+    @property
+    def paths(self) -> List[Path]:
+        return list(self._files)
+
+    def offset(self, path: PathLike) -> int:
+        """Bytes consumed from ``path`` so far (complete lines plus the held-back partial line)."""
+        f = self._files.get(Path(path))
+        return 0 if f is None else f.offset
+
+    def poll(self) -> List[Chunk]:
+        out = []
+        for f in list(self._files.values()):
+            chunk = self._poll_one(f)
+            if chunk is not None:
+                out.append(chunk)
+        return out
+
+    def _poll_one(self, f: _Followed) -> Optional[Chunk]:
+        try:
+            fh = open(f.path, "rb")
+        except OSError:
+            return None
+        with fh:
+            try:
+                st = os.fstat(fh.fileno())
+            except OSError:
+                return None
+            ident = (st.st_dev, st.st_ino)
+            reset = False
+            if f.ident is not None and (ident != f.ident or st.st_size < f.offset):
+                f.offset, f.partial, reset = 0, b"", True
+            f.ident = ident
+            if st.st_size == f.offset and not reset:
+                return None
+            try:
+                fh.seek(f.offset)
+                data = fh.read(self.max_read)
+            except OSError:
+                return None
+        if not data and not reset:
+            return None
+        f.offset += len(data)
+        buf = f.partial + data if f.partial else data
+        cut = buf.rfind(b"\n") + 1
+        f.partial = buf[cut:]
+        reset = reset or f.pending_reset
+        if cut == 0:
+            f.pending_reset = reset
+            return None
+        f.pending_reset = False
+        return Chunk(f.path, buf[:cut], reset, st.st_mtime)
