@@ -1,0 +1,308 @@
+"""`pspnet-cluster ranktable` and `pspnet-cluster devices`.
+
+Only argparse is imported at module level (``pspnet-cluster --help`` must stay fast); handlers import
+the rest when they run.  Bad input prints one ``pspnet-cluster CMD: error: ...`` line naming the file /
+line / field and exits 2; nothing is written then.
+
+Hosts file for ``ranktable --hosts FILE`` (YAML or JSON; keys other than these are ignored, so the
+multi-host launcher's hostfile can carry them too; paths are relative to the hosts file)::
+
+    hosts:
+      - host: node-a              # SSH name (optional here)
+        server_id: 10.0.0.1       # rank table server_id (default: host)
+        devices: 0-7              # visible devices (default: --devices, else all found)
+        hccn_conf: node-a.hccn.conf     # and/or npu_smi: node-a.npu-smi.txt
+        device_ips: "0=192.168.100.101,1=192.168.101.101"   # or a mapping {0: ..., 1: ...}
+        host_ip: 10.0.0.1         # format 1.2
+        super_pod_id: "0"         # format 1.2
+        super_device_ids: "0=0,1=1"     # format 1.2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "ranktable", help="write (or --check) an HCCL rank table from hccn.conf / npu-smi / IPs",
+        description="Write an HCCL rank table (format 1.0, or 1.2 for A3 SuperPoD) for one server or, with "
+                    "--hosts, several (ranks ordered by server, then device); or validate one with --check.")
+    p.add_argument("--hccn-conf", metavar="FILE", help="device IPs from this hccn.conf (default /etc/hccn.conf "
+                   "when it exists, else hccn_tool)")
+    p.add_argument("--npu-smi", metavar="FILE", help="devices from this saved `npu-smi info` output "
+                   "(default: run npu-smi when installed)")
+    p.add_argument("--ips", metavar="LIST", help="explicit device IPs: 0=IP,1=IP,... or IP,IP,... for 0,1,...")
+    p.add_argument("--devices", metavar="N|LIST", help="visible devices: a count (8) or ids (0-3, 4-7, 0,1)")
+    p.add_argument("--server-id", metavar="ID", help="server_id (default: this host's IP)")
+    p.add_argument("--hosts", metavar="FILE", help="several servers from a hosts file (YAML/JSON, see docs)")
+    p.add_argument("--format", dest="table_format", choices=("1.0", "1.2"), default="1.0",
+                   help="rank table format (1.2: Atlas A3 SuperPoD)")
+    p.add_argument("--rules", choices=("auto", "910", "a3", "none"), default="auto",
+                   help="card rules to check (auto: 910 for 1.0, a3 for 1.2)")
+    p.add_argument("--host-ip", metavar="IP", help="format 1.2: the server's host_ip")
+    p.add_argument("--super-pod-id", metavar="ID", default=None, help="format 1.2: super_pod_id (default 0)")
+    p.add_argument("--super-device-ids", metavar="LIST",
+                   help="format 1.2: super_device_id per device: 0=SDID,1=SDID,... or SDID,SDID,...")
+    p.add_argument("--no-hccn-tool", action="store_true", help="never run hccn_tool")
+    p.add_argument("--check", metavar="FILE", help="validate an existing rank table instead of writing one")
+    p.add_argument("-o", "--output", metavar="OUT", help="where to write the table ('-' for stdout)")
+    p.set_defaults(func=cmd_ranktable)
+
+    d = sub.add_parser(
+        "devices", help="list this machine's devices (Ascend chips with health, or CPU slots)",
+        description="List the devices a job can use here: Ascend chips (npu-smi, hccn.conf, hccn_tool) "
+                    "with health, power, temperature and memory, or the CPU backend's logical slots.")
+    d.add_argument("--backend", choices=("auto", "cpu", "gpu", "ascend"), default="auto")
+    d.add_argument("--devices", metavar="N|LIST", help="visible devices: a count (8) or ids (0-3,6)")
+    d.add_argument("--hccn-conf", metavar="FILE", help="read this hccn.conf instead of /etc/hccn.conf")
+    d.add_argument("--npu-smi", metavar="FILE", help="read this saved `npu-smi info` output instead of running it")
+    d.add_argument("--ips", metavar="LIST", help="explicit device IPs: 0=IP,1=IP,...")
+    d.add_argument("--bind", action="store_true", help="also print the CPU core binding plan for these devices")
+    d.add_argument("--reserve-cores", type=int, default=0, metavar="K",
+                   help="with --bind: keep K cores for the launcher")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_devices)
+
+
+def _fail(cmd: str, exc: Exception) -> int:
+    print(f"pspnet-cluster {cmd}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _mapping(value: Any, source: str) -> Optional[Dict[int, str]]:
+    """'0=a,1=b' / 'a,b' / {0: a} -> {0: 'a', ...} (values unchecked)."""
+    from cluster.devices import ClusterInputError
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            try:
+                out[int(k)] = str(v)
+            except (TypeError, ValueError):
+                raise ClusterInputError(f"{k!r} is not a device id", source) from None
+        return out
+    if isinstance(value, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(value)}
+    out = {}
+    parts = [x.strip() for x in str(value).split(",") if x.strip()]
+    for i, part in enumerate(parts):
+        if "=" in part:
+            k, _, v = part.partition("=")
+            try:
+                key = int(k.strip())
+            except ValueError:
+                raise ClusterInputError(f"{k.strip()!r} is not a device id in {part!r}", source) from None
+        else:
+            key, v = i, part
+        if key in out:
+            raise ClusterInputError(f"device {key} given twice", source)
+        out[key] = v.strip()
+    return out
+
+
+def _sdids(value: Any, source: str) -> Optional[Dict[int, int]]:
+    from cluster.devices import ClusterInputError
+
+    m = _mapping(value, source)
+    if m is None:
+        return None
+    out = {}
+    for k, v in m.items():
+        if not (v.isdigit() and v.isascii()):
+            raise ClusterInputError(f"device {k}: super_device_id {v!r} is not a non-negative integer", source)
+        out[k] = int(v)
+    return out
+
+
+def _ips(value: Any, source: str) -> Optional[Dict[int, str]]:
+    from cluster.devices import ClusterInputError
+    from cluster.hccn import check_ipv4
+
+    m = _mapping(value, source)
+    if m is None:
+        return None
+    for k, ip in m.items():
+        err = check_ipv4(ip)
+        if err:
+            raise ClusterInputError(f"device {k}: {err}", source)
+    return m
+
+
+def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]:
+    """Servers (with device IPs) described by a hosts file; see the module docstring."""
+    import json
+    import os
+
+    from cluster.devices import ClusterInputError, ascend_server
+
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterInputError(f"cannot read hosts file: {getattr(exc, 'strerror', None) or exc}", path) from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml/json syntax: report where
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
+        raise ClusterInputError(f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", path, line) from None
+    hosts = data.get("hosts") if isinstance(data, dict) else data
+    if not isinstance(hosts, list) or not hosts:
+        raise ClusterInputError("expected a list of hosts (hosts: [{host: ..., hccn_conf: ...}, ...])", path)
+    base = os.path.dirname(os.path.abspath(path))
+    servers = []
+    for i, h in enumerate(hosts):
+        where = f"{path}: hosts[{i}]"
+        if isinstance(h, str):
+            h = {"host": h.split()[0]} if h.split() else {}
+        if not isinstance(h, dict):
+            raise ClusterInputError("each host is a mapping (host: ..., server_id: ..., hccn_conf: ...)", where)
+        sid = h.get("server_id") or h.get("host")
+        if not sid:
+            raise ClusterInputError("needs `server_id` or `host`", where)
+
+        def read(key: str) -> Optional[str]:
+            val = h.get(key)
+            if val is None:
+                return None
+            full = val if os.path.isabs(str(val)) else os.path.join(base, str(val))
+            try:
+                with open(full, "r", encoding="utf-8", errors="replace") as fh:
+                    return fh.read()
+            except OSError as exc:
+                raise ClusterInputError(f"{key}: cannot read {val}: {exc.strerror or exc}", where) from None
+
+        conf_text, smi_text = read("hccn_conf"), read("npu_smi")
+        ips = _ips(h.get("device_ips"), f"{where}.device_ips")
+        if conf_text is None and smi_text is None and not ips:
+            raise ClusterInputError(f"host {sid}: no device information; give hccn_conf, npu_smi or device_ips",
+                                    where)
+        visible = h.get("devices", default_devices)
+        servers.append(ascend_server(
+            str(sid), hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=ips,
+            visible=str(visible) if isinstance(visible, int) else visible,
+            hccn_source=str(h.get("hccn_conf")), npu_smi_source=str(h.get("npu_smi")),
+            host=h.get("host"), host_ip=h.get("host_ip"),
+            super_pod_id=None if h.get("super_pod_id") is None else str(h.get("super_pod_id")),
+            super_device_ids=_sdids(h.get("super_device_ids"), f"{where}.super_device_ids")))
+    return servers
+
+
+def cmd_ranktable(args: argparse.Namespace) -> int:
+    from cluster.devices import ClusterInputError
+
+    try:
+        return _ranktable(args)
+    except ClusterInputError as exc:
+        return _fail("ranktable", exc)
+
+
+def _ranktable(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cluster.devices import ClusterInputError, discover_local
+    from cluster.ranktable import build_rank_table, load_rank_table, rank_table_json, write_rank_table
+
+    if args.check:
+        table = load_rank_table(args.check, rules=args.rules)
+        n = sum(len(s["device"]) for s in table["server_list"])
+        print(f"{args.check}: rank table {table['version']} OK: {table['server_count']} server(s), {n} rank(s)")
+        return 0
+    if not args.output:
+        raise ClusterInputError("say where to write the table: -o FILE (or -o - for stdout)", "ranktable")
+    if args.hosts:
+        if args.hccn_conf or args.npu_smi or args.ips or args.server_id:
+            raise ClusterInputError("--hosts describes every server; drop --hccn-conf/--npu-smi/--ips/--server-id",
+                                    "ranktable")
+        servers = servers_from_hosts_file(args.hosts, args.devices)
+    else:
+        ips = _ips(args.ips, "--ips")
+        server = discover_local("ascend", devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
+                                ips=ips, use_hccn_tool=not args.no_hccn_tool, server_id=args.server_id)
+        sdids = _sdids(args.super_device_ids, "--super-device-ids") or {}
+        if sdids:
+            unknown = sorted(set(sdids) - set(server.device_ids))
+            if unknown:
+                raise ClusterInputError(f"device {unknown[0]} is not among the chosen devices "
+                                        f"{server.device_ids}", "--super-device-ids")
+        server = replace(server, host_ip=args.host_ip, super_pod_id=args.super_pod_id,
+                         devices=tuple(replace(d, super_device_id=sdids.get(d.device_id, d.super_device_id))
+                                       for d in server.devices))
+        servers = [server]
+    table = build_rank_table(servers, args.table_format, args.rules)
+    if args.output == "-":
+        sys.stdout.write(rank_table_json(table))
+    else:
+        try:
+            write_rank_table(args.output, table)
+        except OSError as exc:
+            raise ClusterInputError(f"cannot write the rank table: {exc.strerror or exc}", args.output) from None
+        n = sum(len(s["device"]) for s in table["server_list"])
+        print(f"wrote {args.output}: rank table {args.table_format}, {len(servers)} server(s), {n} rank(s)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from cluster.devices import ClusterInputError
+
+    try:
+        return _devices(args)
+    except ClusterInputError as exc:
+        return _fail("devices", exc)
+
+
+def _devices(args: argparse.Namespace) -> int:
+    import json
+
+    from cluster.binding import make_binding_plan
+    from cluster.devices import _read_text, discover_local, resolve_backend
+    from cluster.npu_smi import parse_npu_smi_info, run_npu_smi
+
+    ips = _ips(args.ips, "--ips")
+    backend = resolve_backend(args.backend, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi, ips=ips)
+    server = discover_local(backend, devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
+                            ips=ips)
+    chips = None
+    if backend == "ascend":
+        text = _read_text(args.npu_smi, "npu-smi table") if args.npu_smi else run_npu_smi()
+        if text is not None:
+            chosen = set(server.device_ids)
+            chips = [c for c in parse_npu_smi_info(text, args.npu_smi or "npu-smi info") if c.device_id in chosen]
+    plan = make_binding_plan(len(server.devices), reserve=args.reserve_cores) if args.bind else None
+    if args.json:
+        out = {"backend": backend, "server": server.to_dict(),
+               "chips": None if chips is None else [c.to_dict() for c in chips],
+               "binding": None if plan is None else plan.to_dict()}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"backend {backend}, server {server.server_id}, {len(server.devices)} device(s)")
+    by_id = {c.device_id: c for c in chips or []}
+    if backend == "ascend":
+        print(f"{'device':>6} {'npu':>4} {'chip':>4} {'ip':<16} {'health':<8} {'power W':>8} {'temp C':>6} "
+              f"{'aicore%':>7} {'hbm MiB':>13} {'procs':>5}")
+        for d in server.devices:
+            c = by_id.get(d.device_id)
+            def f(v: Any, fmt: str = "{:.1f}") -> str:
+                return "-" if v is None else fmt.format(v)
+            hbm = "-" if c is None or c.hbm_total_mb is None else f"{c.hbm_used_mb:.0f}/{c.hbm_total_mb:.0f}"
+            print(f"{d.device_id:>6} {f(d.npu_id, '{}'):>4} {f(d.chip_id, '{}'):>4} {d.ip or '-':<16} "
+                  f"{(c.health if c else '-'):<8} {f(c.power_w if c else None):>8} "
+                  f"{f(c.temp_c if c else None, '{:.0f}'):>6} {f(c.aicore_pct if c else None, '{:.0f}'):>7} "
+                  f"{hbm:>13} {len(c.processes) if c else '-':>5}")
+    else:
+        from cluster.devices import format_device_list
+        print(f"logical slots: {format_device_list(server.device_ids)}")
+    if plan is not None:
+        print("core binding:")
+        for line in plan.describe():
+            print(f"  {line}")
+    return 0
