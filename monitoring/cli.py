@@ -1,0 +1,106 @@
+"""Monitoring sub-commands of `pspnet-cluster`: summary, top, report (and metrics, added separately).
+
+Each command has its own ``add_<name>(subparsers)`` and ``cmd_<name>(args)``; ``add_commands`` calls
+them all.  Handlers import their modules when they run, so `pspnet-cluster --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_commands(subparsers: "argparse._SubParsersAction") -> None:
+    add_summary(subparsers)
+    add_top(subparsers)
+    add_report(subparsers)
+    # `metrics` (the Prometheus exporter, owned by the exporter's author) goes here: add_metrics(subparsers)
+
+
+def _agg_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", type=int, default=100, metavar="N",
+                   help="steps in the sliding window of the step-time percentiles (default 100)")
+    p.add_argument("--straggler-margin", type=float, default=0.2, metavar="F",
+                   help="flag a device whose p50 step time exceeds the median of the others by more than F "
+                        "(default 0.2 = 20%%)")
+    p.add_argument("--stale-after", type=float, default=300.0, metavar="S",
+                   help="a running rank without an event for S seconds is flagged stalled (default 300)")
+
+
+def _agg_kwargs(args: argparse.Namespace) -> dict:
+    return {"window": args.window, "straggler_margin": args.straggler_margin, "stale_after_s": args.stale_after}
+
+
+# ---------------------------------------------------------------- summary
+def add_summary(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "summary", help="per-device table of a job dir, a folder of logs, or log/event files",
+        description="Summarise a job: per device steps, step time p50/p95/max (window and whole run), "
+                    "images/s, loss, val loss, mIoU, best mIoU, state, straggler flags. PATH is a job dir "
+                    "(runs/<job>), a folder of logs (msrun worker_<N>.log, model zoo LOG<N>/log.txt), or files "
+                    "(events .jsonl or text logs). Each job dir is its own job; other paths form one job.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print JSON ({\"jobs\": [...]}) instead of a table")
+    _agg_options(p)
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from monitoring.summary import print_summaries, summarize
+    try:
+        jobs = summarize(args.paths, **_agg_kwargs(args))
+    except FileNotFoundError as exc:
+        print(f"pspnet-cluster summary: {exc}", file=sys.stderr)
+        return 2
+    print_summaries(jobs, as_json=args.json)
+    return 0
+
+
+# ---------------------------------------------------------------- top
+def add_top(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "top", help="live per-device terminal dashboard of a job",
+        description="One row per device: epoch progress, step time with a sparkline, images/s, loss, mIoU, "
+                    "state; stragglers, stalled and dead ranks highlighted. Follows the job's files "
+                    "incrementally; works on a running and on a finished job. Ctrl-C quits.")
+    p.add_argument("job_dir", metavar="JOB_DIR", nargs="+",
+                   help="a job dir (or a folder of logs, or files)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts and tests)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit once the job has ended (job.json state succeeded/failed/stopped)")
+    _agg_options(p)
+    p.set_defaults(func=cmd_top)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from monitoring.top import run_top
+    try:
+        return run_top(args.job_dir, interval=args.interval, once=args.once,
+                       exit_when_done=args.exit_when_done, **_agg_kwargs(args))
+    except FileNotFoundError as exc:
+        print(f"pspnet-cluster top: {exc}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- report
+def add_report(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "report", help="write JOB_DIR/report/summary.md with the per-device table and PNG plots",
+        description="End-of-job report: report/summary.md (table, restarts, stragglers) and PNG plots of step "
+                    "time per device, loss, and mIoU per epoch (matplotlib). The orchestrator writes it at the "
+                    "end of a job; this command (re)writes it.")
+    p.add_argument("job_dir", metavar="JOB_DIR")
+    p.add_argument("-o", "--out", metavar="DIR", default=None, help="output folder (default JOB_DIR/report)")
+    _agg_options(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from monitoring.report import write_report
+    try:
+        path = write_report(args.job_dir, out_dir=args.out, **_agg_kwargs(args))
+    except FileNotFoundError as exc:
+        print(f"pspnet-cluster report: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
