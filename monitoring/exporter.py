@@ -1,0 +1,343 @@
+"""The exporter: an HTTP server with /metrics (Prometheus), / (the web dashboard) and /api/state (JSON).
+
+Started by the launcher in a background thread::
+
+    server = serve(job_dir, host="127.0.0.1", port=0, process_stats=callable)   # port 0: a free one
+    server.url, server.port
+    server.close()
+
+and standalone by ``pspnet-cluster metrics PATH... --port P`` for jobs launched by other tools.
+
+Each request refreshes the aggregated state incrementally (``monitoring.aggregate.JobMonitor.poll``
+reads only the bytes appended since the previous request) and then renders it; two requests within
+``min_refresh_s`` share one refresh, so the dashboard polling and Prometheus scraping at the same
+time cost one read.  Nothing runs between requests: an idle exporter costs nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from urllib.parse import urlsplit
+
+from monitoring.collector import PspnetCollector, ProcessStats, TextRenderer
+from monitoring.state import DeviceState, JobSummary
+
+PathLike = Union[str, os.PathLike]
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: Static files of the dashboard: URL path -> (file name, content type).
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "application/javascript; charset=utf-8"),
+    "/uPlot.iife.min.js": ("uPlot.iife.min.js", "application/javascript; charset=utf-8"),
+    "/uPlot.min.css": ("uPlot.min.css", "text/css; charset=utf-8"),
+}
+
+#: /api/state puts at most this many devices into the charts (stragglers and dead ranks first,
+#: then by rank); the table always lists every device.
+MAX_CHART_DEVICES = 64
+
+
+# ------------------------------------------------------------------ state source
+
+class JobsSource:
+    """Owns one ``JobMonitor`` per job and hands out fresh ``JobSummary`` objects.
+
+    ``paths``: job directories (one job each) and/or log files and folders (together one job).
+    ``__call__`` polls every monitor (only new bytes) unless the last poll is younger than
+    ``min_refresh_s``; it is thread-safe.
+    """
+
+    def __init__(self, paths: Sequence[PathLike], *, min_refresh_s: float = 0.2,
+                 monitor_factory: Optional[Callable[..., Any]] = None, **monitor_kwargs: Any) -> None:
+        if monitor_factory is None:
+            from monitoring.aggregate import JobMonitor
+            monitor_factory = JobMonitor
+        from monitoring.sources import is_job_dir
+        groups: List[List[Path]] = []
+        loose: List[Path] = []
+        for p in paths:
+            p = Path(p)
+            if is_job_dir(p) or (not p.exists() and p.suffix == ""):
+                groups.append([p])      # a job dir (or one that a launcher is about to create)
+            else:
+                loose.append(p)
+        if loose:
+            groups.append(loose)
+        self.monitors = [monitor_factory(g, **monitor_kwargs) for g in groups]
+        self.min_refresh_s = float(min_refresh_s)
+        self._lock = threading.Lock()
+        self._last_poll = -math.inf
+        self._summaries: List[JobSummary] = []
+        self.polls = 0
+
+    def __call__(self) -> List[JobSummary]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_poll >= self.min_refresh_s or not self._summaries:
+                out = []
+                for mon in self.monitors:
+                    mon.poll()
+                    out.append(mon.summary())
+                self._summaries = out
+                self._last_poll = time.monotonic()
+                self.polls += 1
+            return self._summaries
+
+    def series(self) -> List[Any]:
+        """The monitors (for whole-run series; used by the JSON endpoint)."""
+        return self.monitors
+
+
+# ------------------------------------------------------------------ npu-smi
+
+class CachedReader:
+    """Calls ``reader()`` at most every ``ttl_s`` seconds; remembers a None (npu-smi absent) for good."""
+
+    def __init__(self, reader: Callable[[], Any], ttl_s: float = 10.0) -> None:
+        self.reader = reader
+        self.ttl_s = float(ttl_s)
+        self._value: Any = None
+        self._at = -math.inf
+        self._absent = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        if self._absent:
+            return None
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl_s:
+                self._value = self.reader()
+                self._at = time.monotonic()
+                if self._value is None:
+                    self._absent = True
+            return self._value
+
+
+def default_npu_reader() -> Optional[Callable[[], Any]]:
+    """A cached ``cluster.npu_smi.read_npu_smi`` where npu-smi is installed, else None."""
+    if shutil.which("npu-smi") is None:
+        return None
+    try:
+        from cluster.npu_smi import read_npu_smi
+    except ImportError:
+        return None
+    return CachedReader(read_npu_smi, ttl_s=10.0)
+
+
+# ------------------------------------------------------------------ JSON for the dashboard
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+_DEVICE_KEYS = ("rank", "device", "host", "state", "attempt", "epoch", "epochs", "step", "steps_per_epoch",
+                "global_step", "steps_seen", "loss", "lr", "step_time_s", "step_time_p50_s", "step_time_p95_s",
+                "run_step_time_p50_s", "images_per_s", "val_loss", "miou", "best_miou", "last_event_age_s",
+                "straggler", "stalled", "dead", "exit_code", "error", "pid", "source")
+
+
+def device_label(dev: DeviceState) -> str:
+    return f"rank {dev.rank}" + (f" (dev {dev.device})" if dev.device is not None else "")
+
+
+def align(series: List[List[tuple]]) -> Dict[str, Any]:
+    """Align several ``[(x, y), ...]`` series on the union of their x values (None where a series has none).
+
+    Entries without an x (text-log records) get their index in their series as x.
+    """
+    cleaned = []
+    for s in series:
+        pts = []
+        for i, e in enumerate(s):
+            x, y = e[0], e[1]
+            if not isinstance(x, (int, float)):
+                x = i
+            pts.append((round(float(x), 3), _clean(y)))
+        cleaned.append(dict(pts))
+    xs = sorted(set().union(*[c.keys() for c in cleaned])) if cleaned else []
+    return {"x": xs, "y": [[c.get(x) for x in xs] for c in cleaned]}
+
+
+def state_json(jobs: List[JobSummary], now: Optional[float] = None,
+               max_chart_devices: int = MAX_CHART_DEVICES) -> Dict[str, Any]:
+    """What /api/state returns: per job, every device's fields and chart data."""
+    now = time.time() if now is None else now
+    out_jobs = []
+    for job in jobs:
+        devs = [job.devices[r] for r in sorted(job.devices)]
+        charted = sorted(devs, key=lambda d: (not (d.straggler or d.dead), d.rank))[:max_chart_devices]
+        charted.sort(key=lambda d: d.rank)
+        labels = [device_label(d) for d in charted]
+        miou = align([[(e, m) for e, m in d.miou_history] for d in charted])
+        out_jobs.append({
+            "job": job.job, "state": job.state, "attempt": job.attempt, "restarts": job.restarts,
+            "world_size": job.world_size, "total_images_per_s": _clean(job.total_images_per_s),
+            "slowest_rank": job.slowest_rank, "stragglers": list(job.stragglers),
+            "straggler_margin": job.straggler_margin,
+            "dead": list(getattr(job, "dead", []) or []), "stalled": list(getattr(job, "stalled", []) or []),
+            "devices": [{k: _clean(getattr(d, k, None)) for k in _DEVICE_KEYS} for d in devs],
+            "charts": {
+                "labels": labels,
+                "ranks": [d.rank for d in charted],
+                "step_time": align([d.step_time_history for d in charted]),
+                "loss": align([d.loss_history for d in charted]),
+                "miou": miou,
+            },
+        })
+    return {"ts": now, "jobs": out_jobs}
+
+
+# ------------------------------------------------------------------ HTTP
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "pspnet-exporter/1"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the launcher owns the terminal
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str, extra: Optional[Dict[str, str]] = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        exporter: "Exporter" = self.server.exporter  # type: ignore[attr-defined]
+        path = urlsplit(self.path).path
+        try:
+            if path == "/metrics":
+                body = exporter.metrics_text()
+                self._send(200, body, TextRenderer.CONTENT_TYPE)
+            elif path == "/api/state":
+                body = json.dumps(exporter.state(), separators=(",", ":"), allow_nan=False).encode()
+                self._send(200, body, "application/json")
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif path in STATIC:
+                name, ctype = STATIC[path]
+                self._send(200, exporter.static(name), ctype)
+            else:
+                self._send(404, b"not found: try /metrics, /api/state or /\n", "text/plain; charset=utf-8")
+        except BrokenPipeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - answer with the error rather than dropping the connection
+            msg = f"exporter error: {type(exc).__name__}: {exc}\n".encode()
+            try:
+                self._send(500, msg, "text/plain; charset=utf-8")
+            except OSError:
+                pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class Exporter:
+    """The collector, the renderer and the HTTP server of one or more jobs."""
+
+    def __init__(self, source: Callable[[], List[JobSummary]], *, host: str = "127.0.0.1", port: int = 0,
+                 process_stats: Optional[Callable[[], ProcessStats]] = None,
+                 npu_reader: Optional[Callable[[], Any]] = None, web_dir: Path = WEB_DIR) -> None:
+        self.source = source
+        self.collector = PspnetCollector(source, process_stats=process_stats, npu_reader=npu_reader)
+        self.renderer = TextRenderer()
+        self.web_dir = Path(web_dir)
+        self._static: Dict[str, bytes] = {}
+        self._render_lock = threading.Lock()
+        self._httpd = _Server((host, int(port)), _Handler)
+        self._httpd.exporter = self  # type: ignore[attr-defined]
+        self._thread: Optional[threading.Thread] = None
+
+    # -- content
+    def metrics_text(self) -> bytes:
+        with self._render_lock:   # the histogram bookkeeping and label caches are per exporter
+            return self.renderer.render(self.collector.families())
+
+    def state(self) -> Dict[str, Any]:
+        return state_json(self.source())
+
+    def static(self, name: str) -> bytes:
+        body = self._static.get(name)
+        if body is None:
+            body = self._static[name] = (self.web_dir / name).read_bytes()
+        return body
+
+    # -- server
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> "Exporter":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25},
+                                        name=f"pspnet-exporter:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever(poll_interval=0.25)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> "Exporter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", port: int = 0,
+          process_stats: Optional[Callable[[], ProcessStats]] = None,
+          npu_reader: Union[Callable[[], Any], None, str] = "auto", start: bool = True,
+          **monitor_kwargs: Any) -> Exporter:
+    """Serve /metrics, /api/state and the dashboard for a job dir (or log paths) in a background thread.
+
+    ``port=0`` picks a free port (see ``.port``/``.url``).  ``process_stats()`` returns
+    ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` for live ranks (the launcher knows them);
+    ``npu_reader="auto"`` exports npu-smi figures where npu-smi is installed.  Raises OSError when
+    the address cannot be bound.  ``monitor_kwargs`` go to each JobMonitor (e.g. ``straggler_margin``).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if npu_reader == "auto":
+        npu_reader = default_npu_reader()
+    source = JobsSource(list(paths), **monitor_kwargs)
+    exp = Exporter(source, host=host, port=port, process_stats=process_stats,
+                   npu_reader=npu_reader)  # type: ignore[arg-type]
+    return exp.start() if start else exp
