@@ -200,6 +200,7 @@ class Aggregator:
         self.max_attempt = 0
         self.world_size: Optional[int] = None
         self.lines_seen = 0
+        self.fast_chunks = 0          # chunks taken by the fast path (for tests and benchmarks)
 
     # ------------------------------------------------------------------ input
     def _dev(self, rank: int) -> _Device:
@@ -410,14 +411,15 @@ class Aggregator:
         for p, ev in other_evs:
             if ev is not None and p > last_at:
                 self.feed_event(ev)
+        self.fast_chunks += 1
         return True
 
     def _tail_steps(self, data: bytes, last_at: int) -> List[Dict[str, Any]]:
-        """The step events of the last RECENT lines before the last step line (for the histories)."""
+        """Up to RECENT-1 step events before the last step line (for the recent histories)."""
         out: List[Dict[str, Any]] = []
         end = data.rfind(b"\n", 0, last_at)
-        for _ in range(RECENT - 1):
-            if end < 0:
+        for _ in range(4 * RECENT):
+            if end < 0 or len(out) >= RECENT - 1:
                 break
             start = data.rfind(b"\n", 0, end) + 1
             line = data[start:end]
