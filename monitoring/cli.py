@@ -13,7 +13,7 @@ def add_commands(subparsers: "argparse._SubParsersAction") -> None:
     add_summary(subparsers)
     add_top(subparsers)
     add_report(subparsers)
-    # `metrics` (the Prometheus exporter, owned by the exporter's author) goes here: add_metrics(subparsers)
+    add_metrics(subparsers)
 
 
 def _agg_options(p: argparse.ArgumentParser) -> None:
@@ -103,4 +103,53 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"pspnet-cluster report: {exc}", file=sys.stderr)
         return 2
     print(path)
+    return 0
+
+
+# ---------------------------------------------------------------- metrics
+DEFAULT_METRICS_PORT = 9401
+
+
+def add_metrics(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "metrics", help="serve Prometheus /metrics and the web dashboard for job dirs or log files",
+        description="Standalone exporter for jobs launched by other tools (launch starts one itself with "
+                    "--metrics-port): /metrics (Prometheus text format), / (web dashboard: step time per device, "
+                    "loss, mIoU, states) and /api/state (JSON). Files are read incrementally on each request. "
+                    "PATH is a job dir, a folder of logs or files; each job dir is its own job, other paths "
+                    "form one job. Ctrl-C stops it.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--port", type=int, default=DEFAULT_METRICS_PORT, metavar="P",
+                   help=f"TCP port (default {DEFAULT_METRICS_PORT}; 0 picks a free one and prints it)")
+    p.add_argument("--host", default="127.0.0.1", metavar="H",
+                   help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for all interfaces)")
+    p.add_argument("--no-npu", action="store_true", help="do not export npu-smi figures even where npu-smi exists")
+    _agg_options(p)
+    p.set_defaults(func=cmd_metrics)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"pspnet-cluster metrics: no such file or directory: {missing[0]} "
+              "(give a job dir such as runs/<job>, a folder of logs, or log/event files)", file=sys.stderr)
+        return 2
+    from monitoring.exporter import serve
+    try:
+        server = serve(args.paths, host=args.host, port=args.port, start=False,
+                       npu_reader=None if args.no_npu else "auto", **_agg_kwargs(args))
+    except OSError as exc:
+        print(f"pspnet-cluster metrics: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+              "(choose another --port, or 0 for a free one)", file=sys.stderr)
+        return 2
+    print(f"serving {server.url}/metrics  (dashboard {server.url}/ , JSON {server.url}/api/state); Ctrl-C stops",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0

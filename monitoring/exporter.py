@@ -163,7 +163,7 @@ def align(series: List[List[tuple]]) -> Dict[str, Any]:
             x, y = e[0], e[1]
             if not isinstance(x, (int, float)):
                 x = i
-            pts.append((round(float(x), 3), _clean(y)))
+            pts.append((round(float(x), 6), _clean(y)))
         cleaned.append(dict(pts))
     xs = sorted(set().union(*[c.keys() for c in cleaned])) if cleaned else []
     return {"x": xs, "y": [[c.get(x) for x in xs] for c in cleaned]}
