@@ -467,10 +467,11 @@ class Aggregator:
             s.epoch_time_s = fields.get("epoch_time_s")
             if st is not None:
                 s.mean_step_time_s = st
-                s.step_time_s = st
-                d.pending.append(st)
-                d.recent_steps.append((None, st))
                 d.epoch_step_times.append((None, st))
+                if s.source != "events":      # our own logs: per-step times come from the events
+                    s.step_time_s = st
+                    d.pending.append(st)
+                    d.recent_steps.append((None, st))
         elif kind == "val":
             s.epoch = max(s.epoch, fields.get("epoch") or 0)
             if fields.get("val_loss") is not None:
