@@ -204,10 +204,9 @@ def data_wait_seconds(it: BatchIterator) -> float:
 
 def _data_error(exc: RuntimeError) -> Exception:
     """A DataError raised in a worker comes back wrapped in MindSpore's RuntimeError: unwrap it."""
-    text = str(exc)
-    for line in text.splitlines():
+    for line in reversed(str(exc).splitlines()):   # the last one is the exception's own line
         line = line.strip()
-        if "DataError:" in line:
+        if line.startswith(f"{DataError.__module__}.DataError:"):
             return DataError(line.split("DataError:", 1)[1].strip())
     return exc
 
@@ -217,7 +216,8 @@ PROCESSES_ENV = "PSPNET_DATA_PROCESSES"
 
 
 def _map_options(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    workers = max(1, int(cfg.get("workers", 1)))
+    # mindspore.dataset refuses more workers than CPU cores
+    workers = max(1, min(int(cfg.get("workers", 1)), os.cpu_count() or 1))
     processes = workers > 1 and os.environ.get(PROCESSES_ENV, "0") not in ("", "0")
     return {"num_parallel_workers": workers, "python_multiprocessing": processes}
 

@@ -1,0 +1,149 @@
+"""The mindspore.dataset loader: deterministic, sharded, skippable training batches; complete val shards."""
+import numpy as np
+import pytest
+
+from trainer.config import load_config
+from trainer.data import loader, synth
+from trainer.data.lists import DataError, load_sample
+from trainer.data.transforms import TrainTransform, ValTransform
+
+CROP = 49
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth")
+    summary = synth.generate(path, images=27, seed=1, size=(80, 60), log=None)
+    assert (summary["train"], summary["val"]) == (20, 7)
+    return path
+
+
+def cfg_for(root, **kw):
+    over = {"data_root": str(root), "crop_size": CROP, "batch_size": 2, "batch_size_val": 2,
+            "max_steps_per_epoch": 0, "workers": 1, "seed": 7}
+    over.update(kw)
+    return load_config("smoke", {k: str(v) for k, v in over.items()})
+
+
+def collect(it):
+    return [(x.copy(), y.copy()) for x, y in it]
+
+
+def same(a, b):
+    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2)
+                                    for (x1, y1), (x2, y2) in zip(a, b))
+
+
+def expected_train(cfg, rank, world, epoch):
+    """The batches computed sample by sample, without MindSpore."""
+    items = loader.samples(cfg, "train")
+    tf = TrainTransform(CROP)
+    out = []
+    for i in loader.train_indices(cfg, rank, world, epoch):
+        img, lbl = load_sample(items[i], 21)
+        out.append(tf(img, lbl, np.random.default_rng([cfg["seed"], epoch, int(i)])))
+    b = int(cfg["batch_size"])
+    return [(np.stack([x for x, _ in out[k:k + b]]), np.stack([y for _, y in out[k:k + b]]))
+            for k in range(0, len(out), b)]
+
+
+def test_batches_shapes_types_and_count(root):
+    cfg = cfg_for(root)
+    assert loader.steps_per_epoch(cfg, 1) == 10
+    assert loader.steps_per_epoch(cfg, 3) == 3                  # 20 // 3 = 6 per rank -> 3 batches
+    assert loader.steps_per_epoch(cfg_for(root, max_steps_per_epoch=2), 3) == 2
+    it = loader.train_batches(cfg, 0, 3, 1)
+    assert len(it) == 3
+    batches = collect(it)
+    assert len(batches) == 3
+    x, y = batches[0]
+    assert x.shape == (2, 3, CROP, CROP) and x.dtype == np.float32
+    assert y.shape == (2, CROP, CROP) and y.dtype == np.int32
+    assert set(np.unique(y).tolist()) <= set(range(21)) | {255}
+    assert it.batches == 3 and it.wait_s > 0 and loader.data_wait_seconds(it) == it.wait_s
+    assert it.last_wait_s <= it.wait_s and it.first_wait_s <= it.wait_s
+
+
+def test_same_batches_every_time_whatever_the_worker_count(root, monkeypatch):
+    one = collect(loader.train_batches(cfg_for(root, workers=1), 1, 2, 2))
+    again = collect(loader.train_batches(cfg_for(root, workers=1), 1, 2, 2))
+    two = collect(loader.train_batches(cfg_for(root, workers=2), 1, 2, 2))
+    monkeypatch.setenv(loader.PROCESSES_ENV, "1")
+    assert loader._map_options(cfg_for(root, workers=2))["python_multiprocessing"]
+    processes = collect(loader.train_batches(cfg_for(root, workers=2), 1, 2, 2))
+    assert len(one) == 5
+    assert same(one, again) and same(one, two) and same(one, processes)
+    other_epoch = collect(loader.train_batches(cfg_for(root), 1, 2, 3))
+    other_seed = collect(loader.train_batches(cfg_for(root, seed=8), 1, 2, 2))
+    assert not same(one, other_epoch) and not same(one, other_seed)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_read_disjoint_shards_in_the_computed_order(root, world):
+    cfg = cfg_for(root, workers=2)
+    shards = [loader.train_indices(cfg, r, world, 4) for r in range(world)]
+    flat = np.concatenate(shards)
+    assert len(flat) == world * loader.steps_per_epoch(cfg, world) * 2
+    assert len(set(flat.tolist())) == len(flat)                 # no sample on two ranks
+    for rank in range(world):
+        assert same(collect(loader.train_batches(cfg, rank, world, 4)), expected_train(cfg, rank, world, 4))
+
+
+def test_epoch_order_is_shuffled_per_epoch(root):
+    cfg = cfg_for(root)
+    a, b = loader.train_indices(cfg, 0, 1, 1), loader.train_indices(cfg, 0, 1, 2)
+    assert sorted(a.tolist()) == sorted(b.tolist()) == list(range(20))
+    assert a.tolist() != b.tolist()
+
+
+def test_skip_steps_equals_the_tail_and_decodes_nothing_skipped(root, monkeypatch):
+    cfg = cfg_for(root, workers=2)
+    full = collect(loader.train_batches(cfg, 0, 2, 5))
+    calls = []
+    real = loader.load_sample
+    monkeypatch.setattr(loader, "load_sample", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    tail = collect(loader.train_batches(cfg, 0, 2, 5, skip_steps=3))
+    assert same(tail, full[3:])
+    assert len(calls) == (5 - 3) * 2
+    assert len(loader.train_batches(cfg, 0, 2, 5, skip_steps=5)) == 0
+    assert collect(loader.train_batches(cfg, 0, 2, 5, skip_steps=5)) == []
+    with pytest.raises(ValueError, match="skip_steps=6 is outside 0..5"):
+        loader.train_batches(cfg, 0, 2, 5, skip_steps=6)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_val_shards_cover_the_list_exactly_once(root, world):
+    cfg = cfg_for(root, workers=2)
+    items = loader.samples(cfg, "val")
+    tf = ValTransform(CROP)
+    direct = [tf(*load_sample(s, 21)) for s in items]
+    seen = []
+    steps = loader.val_steps(cfg, world)
+    for rank in range(world):
+        batches = collect(loader.val_batches(cfg, rank, world))
+        assert len(batches) == steps                              # the same number on every rank
+        images = np.concatenate([x for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        idx = loader.val_indices(cfg, rank, world)
+        for k, i in enumerate(idx):
+            assert np.array_equal(images[k], direct[i][0]) and np.array_equal(labels[k], direct[i][1])
+        assert (labels[len(idx):] == 255).all() and (images[len(idx):] == 0).all()   # blanks
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(len(items)))
+
+
+def test_bad_sample_error_names_list_and_line(tmp_path):
+    synth.generate(tmp_path, images=8, seed=2, size=(40, 30), log=None)
+    bad = (tmp_path / "train.txt").read_text().splitlines()[3].split()[0]
+    (tmp_path / bad).write_bytes(b"garbage")
+    cfg = cfg_for(tmp_path, batch_size=1)
+    with pytest.raises(DataError, match=r"train.txt:4: unreadable image"):
+        collect(loader.train_batches(cfg, 0, 1, 1))
+
+
+def test_generates_missing_set_and_rejects_too_small_worlds(tmp_path):
+    cfg = cfg_for(tmp_path / "fresh", synth_images=6)          # smoke: synthesize_if_missing
+    assert loader.steps_per_epoch(cfg, 1) == 2                 # 4 train + 2 val samples, batch 2
+    assert (tmp_path / "fresh" / "train.txt").is_file()
+    with pytest.raises(DataError, match="4 training samples are too few for 3 ranks x batch_size 2"):
+        loader.steps_per_epoch(cfg, 3)
