@@ -185,14 +185,14 @@ class SshdCluster:
         self.stop()
 
     # ---------------------------------------------------------------- what the launcher needs
-    def host_specs(self, devices: Optional[str] = "0", **extra):
+    def host_specs(self, devices: Optional[str] = "1", **extra):
         from cluster.hosts import HostSpec
         return [HostSpec(name=h.name, address=h.address, port=h.port, user=self.user,
                          identity_file=str(self.key), python=self.python, workdir=self.workdir,
                          devices=devices, **extra)
                 for h in self.hosts]
 
-    def hostfile_text(self, devices: str = "0") -> str:
+    def hostfile_text(self, devices: str = "1") -> str:
         lines = ["defaults:", f"  user: {self.user}", f"  identity_file: {self.key}",
                  f"  python: {self.python}", f"  workdir: {self.workdir}", "hosts:"]
         for h in self.hosts:
@@ -200,7 +200,7 @@ class SshdCluster:
                       f"    devices: \"{devices}\""]
         return "\n".join(lines) + "\n"
 
-    def write_hostfile(self, path: Path, devices: str = "0") -> Path:
+    def write_hostfile(self, path: Path, devices: str = "1") -> Path:
         Path(path).write_text(self.hostfile_text(devices))
         return Path(path)
 
