@@ -82,7 +82,10 @@ def run_top(paths: Sequence[Any], interval: float = 1.0, once: bool = False, exi
     groups = group_paths(paths)
     flat: List[Any] = [p for g in groups for p in g]
     monitor = JobMonitor(flat, **agg_kwargs)
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:          # piped / captured: do not squeeze the table into 80 columns
+            console = Console(width=max(console.width, 200))
     if once:
         read_all(monitor)
         console.print(render(monitor.summary()))
