@@ -1,0 +1,461 @@
+"""Sub-commands of the orchestrator: launch, resume, stop, status, logs.
+
+Exit codes of every command: 0 ok, 1 the job failed, 2 bad input (nothing started), 130 stopped or
+interrupted (the job stays resumable).  Heavy imports stay inside the handlers: ``--help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+EXIT_CODES = """\
+exit codes:
+  0    every rank finished (or the command did its job)
+  1    the job failed: a rank died or hung and no restart was left
+  2    bad input: unknown devices, bad config, busy port, missing command...; nothing was started
+  130  stopped by SIGINT/SIGTERM/`stop`; `pspnet-cluster resume JOB_DIR` continues it
+"""
+
+LAUNCH_EPILOG = """\
+examples:
+  pspnet-cluster launch --devices 2                      # smoke config on generated data, CPU dynamic cluster
+  pspnet-cluster launch --devices 0-7 --config voc2012 --max-restarts 2 -- data_root=/data/VOC2012
+  pspnet-cluster launch --devices 4 --dry-run            # print the plan (env, rank table, binding)
+  pspnet-cluster launch --devices 2 --stream --ranks 0   # rank 0's log lines on the console
+  pspnet-cluster launch --devices 2 --cmd 'python my_train.py --lr 0.1'   # any MindSpore program
+  pspnet-cluster launch --devices 8 --backend ascend --mode ranktable --hccn-conf /etc/hccn.conf
+
+The job lives in runs/<job-id>/ (job.json, logs/, events/, ckpt/, rank_table.json).
+
+""" + EXIT_CODES
+
+
+def add_commands(sub: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("launch", help="start a supervised multi-rank training job",
+                       description="Start N supervised ranks (a MindSpore dynamic cluster or an HCCL rank-table "
+                                   "job), capture their logs and events into the job dir, bring the whole group "
+                                   "down on the first failure and restart it from the newest common checkpoint.",
+                       epilog=LAUNCH_EPILOG, formatter_class=fmt)
+    p.add_argument("--devices", help="device count (8) or list (0-3,6); on CPU: logical slots")
+    p.add_argument("--hosts", help="hosts file for a multi-host job (see docs)")
+    p.add_argument("--config", help="trainer config: name (smoke, voc2012, ade20k) or YAML path [smoke]")
+    p.add_argument("--job-dir", help="job directory [runs/<job-id>]")
+    p.add_argument("--job-id", help="job id [time-based]")
+    p.add_argument("--spec", metavar="FILE", help="YAML job spec; command-line flags win over it")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    p.add_argument("--max-restarts", type=int, help="restart the group up to K times after a failure [0]")
+    p.add_argument("--hang-timeout", type=float,
+                   help="a rank that sends no event for S seconds after compiling is hung (0: off) [900]")
+    p.add_argument("--startup-timeout", type=float,
+                   help="seconds a rank may take to its first compiled/step event (0: off) [1800]")
+    p.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL when stopping the group [10]")
+    p.add_argument("--backend", choices=("auto", "cpu", "ascend", "gpu"), help="[auto: ascend if found, else cpu]")
+    p.add_argument("--mode", choices=("auto", "dynamic", "ranktable"),
+                   help="[auto: ranktable on ascend, dynamic otherwise]")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", help="address the metrics endpoint binds [127.0.0.1]")
+    p.add_argument("--sched-port", type=int, help="dynamic-cluster scheduler port [a free port per attempt]")
+    p.add_argument("--sched-host", help="dynamic-cluster scheduler address [127.0.0.1]")
+    p.add_argument("--cmd", help="run this program instead of the PSPNet trainer, e.g. 'python x.py ARGS'")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--bind-cores", dest="bind_cores", action="store_true", default=None,
+                   help="pin each local rank to its share of the CPU cores [on for ascend]")
+    b.add_argument("--no-bind-cores", dest="bind_cores", action="store_false")
+    p.add_argument("--hccn-conf", help="hccn.conf to read instead of /etc/hccn.conf")
+    p.add_argument("--npu-smi", help="saved `npu-smi info` output to read instead of running it")
+    p.add_argument("--rank-table-format", choices=("1.0", "1.2"), help="HCCL rank table format [1.0]")
+    _view_flags(p)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="after --: trainer config overrides (with --cmd: extra program arguments)")
+    p.set_defaults(func=cmd_launch)
+
+    r = sub.add_parser("resume", help="continue a stopped or failed job from its newest common checkpoint",
+                       description="Start a new attempt of the job in JOB_DIR with the same spec, every rank "
+                                   "resuming from the newest checkpoint all ranks hold intact.",
+                       epilog="example:\n  pspnet-cluster resume runs/20261126-101500-1234\n\n" + EXIT_CODES,
+                       formatter_class=fmt)
+    r.add_argument("job_dir", metavar="JOB_DIR")
+    r.add_argument("--max-restarts", type=int, help="override the job's --max-restarts")
+    _view_flags(r)
+    r.set_defaults(func=cmd_resume)
+
+    s = sub.add_parser("stop", help="stop a running job (graceful, then forced)",
+                       description="Ask the job's launcher to stop (SIGTERM: ranks get SIGTERM, then SIGKILL "
+                                   "after the grace period); if it does not exit in time, kill it and any rank left.",
+                       epilog="example:\n  pspnet-cluster stop runs/20261126-101500-1234\n", formatter_class=fmt)
+    s.add_argument("job_dir", metavar="JOB_DIR")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for a graceful stop before forcing [job grace + 10]")
+    s.set_defaults(func=cmd_stop)
+
+    st = sub.add_parser("status", help="state of one job, or of every job under ./runs",
+                        epilog="examples:\n  pspnet-cluster status\n  pspnet-cluster status runs/<job> --json\n",
+                        formatter_class=fmt)
+    st.add_argument("job_dir", metavar="JOB_DIR", nargs="?")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--runs", default="runs", help="where to look for jobs [./runs]")
+    st.set_defaults(func=cmd_status)
+
+    lg = sub.add_parser("logs", help="print (or follow) the ranks' logs of a job",
+                        epilog="examples:\n  pspnet-cluster logs runs/<job> --rank 1 -n 50\n"
+                               "  pspnet-cluster logs runs/<job> -f\n", formatter_class=fmt)
+    lg.add_argument("job_dir", metavar="JOB_DIR")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
+    lg.add_argument("--rank", type=int, action="append", help="only this rank (repeatable)")
+    lg.add_argument("--scheduler", action="store_true", help="the scheduler's log")
+    lg.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines of each log")
+    lg.set_defaults(func=cmd_logs)
+
+
+def _view_flags(p: argparse.ArgumentParser) -> None:
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("--stream", action="store_true", help="print every rank's log lines, prefixed [rank_R]")
+    v.add_argument("--quiet", action="store_true", help="only launcher messages and the final report")
+    p.add_argument("--ranks", help="show only these ranks on the console (0,1 or 0-3)")
+
+
+def _err(cmd: str, msg: Any) -> int:
+    print(f"pspnet-cluster {cmd}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _console(args: argparse.Namespace):
+    from orchestrator.console import Console
+    ranks = None
+    if getattr(args, "ranks", None):
+        from cluster.devices import parse_visible_devices
+        text = args.ranks if not args.ranks.strip().isdigit() else args.ranks + ","
+        ranks = parse_visible_devices(text, None, "--ranks")
+    view = "stream" if args.stream else "quiet" if args.quiet else "progress"
+    return Console(view, ranks)
+
+
+# ---------------------------------------------------------------- launch
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from cluster.devices import ClusterInputError
+    from orchestrator.jobspec import SpecError, check_job_dir_writable, resolve
+    from orchestrator.plan import attempt_workers, describe_plan, resolve_plan
+
+    cli: Dict[str, Any] = {
+        "devices": args.devices, "hosts": args.hosts, "config": args.config, "job_dir": args.job_dir,
+        "job_id": args.job_id, "max_restarts": args.max_restarts, "hang_timeout": args.hang_timeout,
+        "startup_timeout": args.startup_timeout, "grace": args.grace, "backend": args.backend, "mode": args.mode,
+        "metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "sched_port": args.sched_port,
+        "sched_host": args.sched_host, "cmd": args.cmd, "bind_cores": args.bind_cores, "hccn_conf": args.hccn_conf,
+        "npu_smi": args.npu_smi, "rank_table_format": args.rank_table_format,
+        "overrides": list(args.overrides) if args.overrides else None,
+    }
+    try:
+        console = _console(args)
+        if args.devices is None and not args.spec:
+            raise SpecError("--devices is required (a count like 2, or a list like 0-3)")
+        spec = resolve(cli, args.spec)
+        plan = resolve_plan(spec)
+        if args.dry_run:
+            print(describe_plan(plan, attempt_workers(plan, 0)))
+            print("dry run: nothing started")
+            return 0
+        check_job_dir_writable(spec.job_path)
+    except (SpecError, ClusterInputError) as exc:
+        return _err("launch", exc)
+    from orchestrator.jobstate import JobState
+    from orchestrator.runner import JobRunner
+    state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
+    state.save()
+    console.info(f"job {spec.job_id}: {plan.world_size} rank(s), {plan.backend}/{plan.mode}; job dir {spec.job_dir}")
+    return JobRunner(plan, state, console).run()
+
+
+# ---------------------------------------------------------------- resume
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from cluster.devices import ClusterInputError
+    from orchestrator.jobspec import JobSpec, SpecError
+    from orchestrator.jobstate import JobState, JobStateError, pid_alive, read_launcher_pid
+    from orchestrator.plan import resolve_plan
+    from orchestrator.runner import JobRunner
+    try:
+        console = _console(args)
+        state = JobState.load(args.job_dir)
+        pid = read_launcher_pid(args.job_dir)
+        if pid_alive(pid):
+            raise SpecError(f"{args.job_dir}: the job is running (launcher pid {pid}); "
+                            f"`pspnet-cluster stop {args.job_dir}` first")
+        if state.state == "succeeded":
+            print(f"{args.job_dir}: the job already succeeded; nothing to resume")
+            return 0
+        spec = JobSpec.from_dict(dict(state.data["spec"]), f"{args.job_dir}/job.json")
+        if args.max_restarts is not None:
+            if args.max_restarts < 0:
+                raise SpecError("--max-restarts must be >= 0")
+            spec.max_restarts = args.max_restarts
+            state.data["spec"]["max_restarts"] = args.max_restarts
+        plan = resolve_plan(spec)
+    except (JobStateError, SpecError, ClusterInputError) as exc:
+        return _err("resume", exc)
+    console.info(f"resuming job {spec.job_id} (state was {state.state}, {len(state.attempts)} attempt(s) so far)")
+    return JobRunner(plan, state, console).run(resume_first=True)
+
+
+# ---------------------------------------------------------------- stop
+
+def _job_rank_pids(state: Any) -> List[int]:
+    """Pids of the last attempt that are still alive and really belong to this job."""
+    import psutil
+    last = state.last_attempt or {}
+    pids = []
+    for info in (last.get("ranks") or {}).values():
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not pid:
+            continue
+        try:
+            env = psutil.Process(pid).environ()
+        except psutil.Error:
+            continue
+        if env.get("PSPNET_JOB_ID") == state.data.get("job_id"):
+            pids.append(pid)
+    return pids
+
+
+def _kill_pids(pids: List[int]) -> None:
+    import os
+    import signal
+    for pid in pids:
+        for fn in (os.killpg, os.kill):
+            try:
+                fn(pid, signal.SIGKILL)
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import time
+    from pathlib import Path
+    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError, pid_alive, read_launcher_pid
+    from orchestrator.runner import STOP_REQUEST_FILE
+    try:
+        state = JobState.load(args.job_dir)
+    except JobStateError as exc:
+        return _err("stop", exc)
+    pid = read_launcher_pid(args.job_dir)
+    grace = float(state.data.get("spec", {}).get("grace", 10.0))
+    timeout = args.timeout if args.timeout is not None else grace + 10.0
+    if pid_alive(pid):
+        Path(args.job_dir, STOP_REQUEST_FILE).write_text(f"{time.time()}\n")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            print(f"launcher {pid} did not stop within {timeout:g} s; killing it (its ranks die with it)")
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        else:
+            print(f"job {state.data.get('job_id')} stopped")
+    else:
+        print(f"job {state.data.get('job_id')}: no launcher running (state {state.state})")
+    state = JobState.load(args.job_dir)
+    left = _job_rank_pids(state)
+    if left:
+        print(f"killing {len(left)} leftover rank process(es): {', '.join(map(str, left))}")
+        _kill_pids(left)
+    if state.state not in FINAL_STATES:
+        state.data["message"] = "stopped by `pspnet-cluster stop` (launcher gone)"
+        state.data["exit_code"] = 130
+        state.set_state("stopped")
+        state.set_launcher(None)
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+def _last_progress(job_dir: str, world_size: int) -> Dict[str, Dict[str, Any]]:
+    """Per rank: the last step event (read from the tail of its events file)."""
+    from cluster.jobdir import JobPaths
+    from monitoring.events import parse_line
+    paths = JobPaths(job_dir)
+    out: Dict[str, Dict[str, Any]] = {}
+    for r in range(world_size):
+        path = paths.rank_events(r)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - 65536))
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        last: Dict[str, Any] = {}
+        for raw in reversed(lines):
+            ev = parse_line(raw)
+            if ev is None:
+                continue
+            if not last:
+                last["last_event"] = ev.get("event")
+                last["ts"] = ev.get("ts")
+            if ev.get("event") == "step":
+                for k in ("attempt", "epoch", "step", "steps_per_epoch", "global_step", "loss", "step_time_s"):
+                    last[k] = ev.get(k)
+                break
+        out[str(r)] = last
+    return out
+
+
+def _job_summary(job_dir: str) -> Dict[str, Any]:
+    from orchestrator.jobstate import FINAL_STATES, JobState, pid_alive, read_launcher_pid
+    state = JobState.load(job_dir)
+    data = dict(state.data)
+    alive = pid_alive(read_launcher_pid(job_dir))
+    data["launcher_alive"] = alive
+    if data.get("state") not in FINAL_STATES and not alive:
+        data["state_note"] = "launcher gone (killed?): `pspnet-cluster resume` continues the job"
+    data["progress"] = _last_progress(job_dir, int(data.get("world_size") or 0))
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+    from orchestrator.jobstate import JobStateError
+    if args.job_dir:
+        try:
+            data = _job_summary(args.job_dir)
+        except JobStateError as exc:
+            return _err("status", exc)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print(_format_status(data))
+        return 0
+    runs = Path(args.runs)
+    jobs = []
+    for jd in sorted(runs.glob("*/job.json")) if runs.is_dir() else []:
+        try:
+            jobs.append(_job_summary(str(jd.parent)))
+        except JobStateError:
+            continue
+    if args.json:
+        print(json.dumps([{k: j.get(k) for k in ("job_id", "job_dir", "state", "world_size", "restarts",
+                                                   "created", "updated", "launcher_alive", "message")}
+                          for j in jobs], indent=2))
+        return 0
+    if not jobs:
+        print(f"no jobs under {runs}/")
+        return 0
+    print(f"{'JOB':28s} {'STATE':11s} {'RANKS':>5s} {'ATTEMPTS':>8s}  UPDATED              NOTE")
+    for j in jobs:
+        import time
+        upd = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.get("updated") or 0))
+        note = j.get("state_note") or j.get("message") or ""
+        print(f"{str(j.get('job_id')):28s} {str(j.get('state')):11s} {j.get('world_size', 0):>5} "
+              f"{len(j.get('attempts') or []):>8}  {upd}  {note[:60]}")
+    return 0
+
+
+def _format_status(d: Dict[str, Any]) -> str:
+    import time
+    spec = d.get("spec", {})
+    lines = [f"job {d.get('job_id')}: {str(d.get('state')).upper()}"
+             + (" (launcher running)" if d.get("launcher_alive") else ""),
+             f"  dir: {d.get('job_dir')}",
+             f"  ranks: {d.get('world_size')}  devices: {spec.get('devices')}  backend: {spec.get('backend')}  "
+             f"mode: {spec.get('mode')}  config: {spec.get('cmd') and ' '.join(spec['cmd']) or spec.get('config')}"]
+    if d.get("state_note"):
+        lines.append(f"  note: {d['state_note']}")
+    if d.get("message"):
+        lines.append(f"  {d['message']}")
+    for a in d.get("attempts") or []:
+        start = time.strftime("%H:%M:%S", time.localtime(a.get("start") or 0))
+        dur = f"{a['end'] - a['start']:.1f} s" if a.get("end") and a.get("start") else "running"
+        res = a.get("resume")
+        line = f"  attempt {a.get('attempt')}: {a.get('state')} at {start} ({dur})"
+        if res:
+            line += f", resumed from step {res.get('global_step')}"
+        lines.append(line)
+        f = a.get("failure")
+        if f:
+            lines.append(f"    failure: {f.get('message')}")
+    prog = d.get("progress") or {}
+    for r, p in sorted(prog.items(), key=lambda kv: int(kv[0])):
+        if p.get("epoch") is not None:
+            loss = p.get("loss")
+            lines.append(f"  rank {r}: epoch {p.get('epoch')} step {p.get('step')}/{p.get('steps_per_epoch')}"
+                         f" loss {loss if loss is None else round(float(loss), 4)}  last event {p.get('last_event')}")
+        elif p:
+            lines.append(f"  rank {r}: last event {p.get('last_event')}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- logs
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+    from cluster.jobdir import JobPaths
+    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError, pid_alive, read_launcher_pid
+    try:
+        state = JobState.load(args.job_dir)
+    except JobStateError as exc:
+        return _err("logs", exc)
+    paths = JobPaths(args.job_dir)
+    files: List[Path] = []
+    if args.scheduler:
+        files.append(paths.scheduler_log)
+    ranks = args.rank if args.rank else ([] if args.scheduler else list(range(int(state.data.get("world_size") or 0))))
+    for r in ranks:
+        if r < 0 or r >= int(state.data.get("world_size") or 0):
+            return _err("logs", f"--rank {r}: the job has ranks 0..{int(state.data.get('world_size') or 0) - 1}")
+        files.append(paths.rank_log(r))
+    prefix = len(files) > 1
+    offsets: Dict[Path, int] = {}
+    out = sys.stdout
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError:
+            data = b""
+        offsets[f] = len(data)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        if args.lines:
+            lines = lines[-args.lines:]
+        for line in lines:
+            out.write((f"[{f.stem}] " if prefix else "") + line + "\n")
+    out.flush()
+    if not args.follow:
+        return 0
+    partial: Dict[Path, str] = {f: "" for f in files}
+    try:
+        while True:
+            any_new = False
+            for f in files:
+                try:
+                    with open(f, "rb") as fh:
+                        fh.seek(offsets.get(f, 0))
+                        chunk = fh.read()
+                except OSError:
+                    continue
+                if not chunk:
+                    continue
+                any_new = True
+                offsets[f] = offsets.get(f, 0) + len(chunk)
+                text = partial[f] + chunk.decode("utf-8", errors="replace")
+                *complete, partial[f] = text.split("\n")
+                for line in complete:
+                    out.write((f"[{f.stem}] " if prefix else "") + line + "\n")
+            out.flush()
+            if not any_new:
+                try:
+                    st = JobState.load(args.job_dir)
+                except JobStateError:
+                    return 0
+                if st.state in FINAL_STATES or not pid_alive(read_launcher_pid(args.job_dir)):
+                    return 0
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        return 130

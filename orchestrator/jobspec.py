@@ -1,0 +1,202 @@
+"""The job spec: what to run where, from the command line and an optional YAML file.
+
+``JobSpec`` is a small value type; ``JobSpec.to_dict()`` is what ``job.json`` stores under ``spec``
+and ``JobSpec.from_dict()`` reads it back for ``resume``.  A YAML spec file (``launch --spec FILE``)
+holds the same keys; the command line wins over the file::
+
+    # job.yaml
+    devices: "0-3"
+    backend: cpu
+    mode: dynamic
+    config: smoke
+    overrides: [epochs=2, batch_size=2]
+    max_restarts: 2
+    hang_timeout: 600
+
+Errors are ``SpecError`` (bad input: the CLI answers exit 2) naming the file/option and what to do.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+BACKENDS = ("auto", "cpu", "ascend", "gpu")
+MODES = ("auto", "dynamic", "ranktable")
+
+DEFAULT_RUNS = "runs"
+DEFAULT_HANG_TIMEOUT = 900.0
+DEFAULT_STARTUP_TIMEOUT = 1800.0
+DEFAULT_GRACE = 10.0
+
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class SpecError(ValueError):
+    """Bad job input, worded for the user."""
+
+
+@dataclass
+class JobSpec:
+    devices: str = "1"                      # count ("8") or list ("0-3,6")
+    backend: str = "auto"
+    mode: str = "auto"                      # resolved to dynamic / ranktable
+    config: str = "smoke"                   # trainer config name or YAML path
+    overrides: List[str] = field(default_factory=list)   # KEY=VALUE (trainer) or extra args (--cmd)
+    cmd: Optional[List[str]] = None         # any program instead of the trainer
+    hosts: Optional[str] = None             # hosts file (multi-host launcher)
+    job_id: str = ""
+    job_dir: str = ""
+    max_restarts: int = 0
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT      # 0: off
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT  # before the first compiled/step event
+    grace: float = DEFAULT_GRACE            # SIGTERM -> SIGKILL
+    metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"
+    sched_host: str = "127.0.0.1"
+    sched_port: Optional[int] = None        # None: a free port per attempt
+    bind_cores: Optional[bool] = None       # None: on for ascend, off otherwise
+    hccn_conf: Optional[str] = None
+    npu_smi: Optional[str] = None
+    rank_table_format: str = "1.0"
+    cwd: str = ""
+
+    # ------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "job spec") -> "JobSpec":
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a mapping of key: value")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        spec = cls(**{k: v for k, v in data.items()})
+        spec.check(source)
+        return spec
+
+    def check(self, source: str = "job spec") -> None:
+        """Types and ranges; raises SpecError naming the field."""
+        def bad(key: str, msg: str) -> SpecError:
+            return SpecError(f"{source}: {key}: {msg}")
+        self.devices = str(self.devices).strip()
+        if not self.devices:
+            raise bad("devices", "empty; give a count (8) or a list (0-3,6)")
+        self.backend = str(self.backend or "auto").lower()
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
+        self.mode = str(self.mode or "auto").lower()
+        if self.mode not in MODES:
+            raise bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        if isinstance(self.overrides, str):
+            self.overrides = shlex.split(self.overrides)
+        self.overrides = [str(o) for o in (self.overrides or [])]
+        if isinstance(self.cmd, str):
+            self.cmd = shlex.split(self.cmd)
+            if not self.cmd:
+                raise bad("cmd", "empty command")
+        for key in ("max_restarts",):
+            try:
+                setattr(self, key, int(getattr(self, key)))
+            except (TypeError, ValueError):
+                raise bad(key, f"{getattr(self, key)!r} is not an integer") from None
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        for key in ("hang_timeout", "startup_timeout", "grace"):
+            try:
+                setattr(self, key, float(getattr(self, key)))
+            except (TypeError, ValueError):
+                raise bad(key, f"{getattr(self, key)!r} is not a number of seconds") from None
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0 seconds")
+        for key in ("metrics_port", "sched_port"):
+            v = getattr(self, key)
+            if v is not None:
+                try:
+                    v = int(v)
+                except (TypeError, ValueError):
+                    raise bad(key, f"{v!r} is not a port number") from None
+                if not 0 < v < 65536:
+                    raise bad(key, f"{v} is not a port number (1-65535)")
+                setattr(self, key, v)
+        if self.rank_table_format not in ("1.0", "1.2"):
+            raise bad("rank_table_format", "use 1.0 or 1.2")
+        if self.job_id and not _JOB_ID_RE.match(self.job_id):
+            raise bad("job_id", f"{self.job_id!r}: use letters, digits, '.', '_' or '-' (up to 100)")
+
+    @property
+    def job_path(self) -> Path:
+        return Path(self.job_dir)
+
+    @property
+    def uses_trainer(self) -> bool:
+        return not self.cmd
+
+
+def new_job_id(now: Optional[float] = None) -> str:
+    t = time.localtime(now if now is not None else time.time())
+    return time.strftime("%Y%m%d-%H%M%S", t) + f"-{os.getpid() % 10000:04d}"
+
+
+def load_spec_file(path: str) -> Dict[str, Any]:
+    import yaml
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the job spec: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of key: value")
+    return data
+
+
+def resolve(cli: Dict[str, Any], spec_file: Optional[str] = None, runs_dir: str = DEFAULT_RUNS) -> JobSpec:
+    """File values <- command-line values (those not None); job id and job dir filled in."""
+    data: Dict[str, Any] = {}
+    source = "command line"
+    if spec_file:
+        data.update(load_spec_file(spec_file))
+        source = spec_file
+    for key, value in cli.items():
+        if value is not None:
+            data[key] = value
+    spec = JobSpec.from_dict(data, source)
+    spec.cwd = spec.cwd or os.getcwd()
+    if spec.job_dir:
+        job_dir = Path(os.path.expanduser(spec.job_dir))
+        if not job_dir.is_absolute():
+            job_dir = Path(spec.cwd) / job_dir
+        spec.job_id = spec.job_id or job_dir.name
+    else:
+        spec.job_id = spec.job_id or new_job_id()
+        job_dir = Path(spec.cwd) / runs_dir / spec.job_id
+    spec.job_dir = str(job_dir)
+    spec.check(source)
+    return spec
+
+
+def check_job_dir_writable(job_dir: Path) -> None:
+    """Create the job dir (or find it empty) and prove it is writable; SpecError otherwise."""
+    from cluster.jobdir import JOB_JSON
+    if (job_dir / JOB_JSON).exists():
+        raise SpecError(f"{job_dir}: already holds a job (job.json); use `pspnet-cluster resume {job_dir}` "
+                        "or choose another --job-dir / --job-id")
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        probe = job_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"{job_dir}: job dir is not writable ({exc.strerror or exc}); "
+                        "pick another with --job-dir") from None

@@ -1,0 +1,274 @@
+"""The owner loop of a job: attempts, supervision, restarts, job.json, signals.
+
+``JobRunner(plan, state, console).run()`` returns the launcher's exit code:
+0 all ranks succeeded, 1 the job failed (restarts used up), 130 stopped (SIGINT/SIGTERM/``stop``; the job
+stays resumable).  The pieces it drives are pluggable: ``launcher`` (where workers run; local by
+default), ``policy`` (restart decision and checkpoint lookup).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from cluster.jobdir import JobPaths
+from orchestrator.capture import RankSink
+from orchestrator.console import Console
+from orchestrator.jobstate import JobState
+from orchestrator.plan import JobPlan, attempt_workers, free_port
+from orchestrator.restart_policy import ResumePoint, RestartPolicy
+from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor, signal_name, stop_group
+from orchestrator.workers import (ROLE_SCHEDULER, LaunchError, LocalLauncher, WorkerHandle, WorkerLauncher,
+                                  WorkerSpec, start_all)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
+STOP_REQUEST_FILE = "stop.request"
+
+
+class JobRunner:
+    def __init__(self, plan: JobPlan, state: JobState, console: Optional[Console] = None,
+                 launcher: Optional[WorkerLauncher] = None, policy: Optional[RestartPolicy] = None,
+                 stop: Optional[StopRequest] = None) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.state = state
+        self.console = console or Console("quiet")
+        self.launcher = launcher or LocalLauncher()
+        self.policy = policy or RestartPolicy(self.spec.max_restarts)
+        self.stop = stop or StopRequest()
+        self.paths = JobPaths(self.spec.job_dir).make()
+        self.live: Dict[str, WorkerHandle] = {}
+        self.results: List[AttemptResult] = []
+
+    # ------------------------------------------------------------ signals
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: Any) -> None:
+            reason = signal.Signals(signum).name
+            if (Path(self.spec.job_dir) / STOP_REQUEST_FILE).exists():
+                reason = "stop command"
+            self.stop.request(reason)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
+
+    # ------------------------------------------------------------ metrics
+    def process_stats(self) -> Dict[int, Dict[str, Any]]:
+        """{rank: {pid, cpu_seconds, rss_bytes}} of the live local ranks (for the metrics exporter)."""
+        import psutil
+        out: Dict[int, Dict[str, Any]] = {}
+        for h in list(self.live.values()):
+            if h.spec.role == ROLE_SCHEDULER or not h.spec.is_local or h.pid is None or h.poll() is not None:
+                continue
+            try:
+                p = psutil.Process(h.pid)
+                with p.oneshot():
+                    t = p.cpu_times()
+                    rss = p.memory_info().rss
+                cpu = t.user + t.system
+                for c in p.children(recursive=True):
+                    try:
+                        ct = c.cpu_times()
+                        cpu += ct.user + ct.system
+                        rss += c.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                continue
+            out[h.spec.rank] = {"pid": h.pid, "cpu_seconds": cpu, "rss_bytes": rss}
+        return out
+
+    def _start_metrics(self):
+        if self.spec.metrics_port is None:
+            return None
+        try:
+            from monitoring.exporter import serve
+        except ImportError:
+            self.console.info("warning: --metrics-port given but monitoring/exporter.py is not available; "
+                              "no metrics endpoint")
+            return None
+        server = serve(self.spec.job_dir, host=self.spec.metrics_host, port=self.spec.metrics_port,
+                       process_stats=self.process_stats)
+        self.console.info(f"metrics: {getattr(server, 'url', self.spec.metrics_port)}")
+        return server
+
+    # ------------------------------------------------------------ the loop
+    def run(self, resume_first: bool = False) -> int:
+        restore = self._install_signals()
+        metrics = None
+        try:
+            try:
+                (Path(self.spec.job_dir) / STOP_REQUEST_FILE).unlink()
+            except OSError:
+                pass
+            self.state.set_launcher(os.getpid())
+            if self.plan.rank_table is not None:
+                from cluster.ranktable import write_rank_table
+                write_rank_table(self.paths.rank_table, self.plan.rank_table)
+            metrics = self._start_metrics()
+            restarts_done = 0
+            resume_next = resume_first
+            while True:
+                resume = self.policy.resume_point(self.spec.job_dir, self.plan.ranks) if resume_next else None
+                result = self._attempt(resume)
+                self.results.append(result)
+                if result.outcome == "succeeded":
+                    return self._end("succeeded", EXIT_OK, "all ranks finished")
+                if result.outcome == "stopped":
+                    return self._end("stopped", EXIT_STOPPED,
+                                     f"stopped ({result.stop_reason}); `pspnet-cluster resume {self.spec.job_dir}` "
+                                     "continues from the newest common checkpoint")
+                decision = self.policy.decide(result, restarts_done)
+                if not decision.restart:
+                    f = result.failure
+                    return self._end("failed", EXIT_FAILED, f"{f.message if f else 'failed'}; {decision.reason}")
+                restarts_done += 1
+                resume_next = True
+                self.state.set_state("restarting")
+                self.console.info(f"restarting the group ({decision.reason})")
+                if self.stop.is_set():
+                    return self._end("stopped", EXIT_STOPPED, f"stopped ({self.stop.reason}) while restarting")
+        except BaseException:
+            if self.live:
+                stop_group(self.live, 0.0)
+            self.state.end("failed", EXIT_FAILED, "the launcher itself failed; see its output")
+            raise
+        finally:
+            restore()
+            if metrics is not None:
+                try:
+                    metrics.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _attempt(self, resume: Optional[ResumePoint]) -> AttemptResult:
+        attempt = self.state.next_attempt_number()
+        port = free_port(self.spec.sched_host) if self.plan.mode == "dynamic" and not self.spec.sched_port else None
+        specs = attempt_workers(self.plan, attempt, sched_port=port, resume=resume.paths if resume else None)
+        header = f"=== pspnet-cluster: job {self.spec.job_id} attempt {attempt} " \
+                 f"({time.strftime('%Y-%m-%d %H:%M:%S')})" + \
+                 (f", resuming from global step {resume.global_step}" if resume else "") + " ==="
+        sinks = {}
+        for s in specs:
+            is_rank = s.role != ROLE_SCHEDULER
+            sinks[s.name] = RankSink(
+                s.name, self.paths.rank_log(s.rank) if is_rank else self.paths.scheduler_log,
+                self.paths.rank_events(s.rank) if is_rank else None,
+                listener=self.console.listener, header=header)
+        rendezvous = None
+        if self.plan.mode == "dynamic":
+            env = specs[0].env
+            rendezvous = {"host": env["MS_SCHED_HOST"], "port": int(env["MS_SCHED_PORT"])}
+        record = self.state.begin_attempt({
+            "attempt": attempt, "mode": self.plan.mode, "rendezvous": rendezvous,
+            "resume": resume.to_dict() if resume else None,
+            "ranks": {_key(s): {"pid": None, "device": s.device, "host": s.host, "exit_code": None,
+                                "signal": None} for s in specs}})
+        self.state.set_state("running")
+        if resume:
+            self.console.info(f"attempt {attempt}: resuming from global step {resume.global_step} "
+                              f"(epoch {resume.epoch})")
+        elif attempt > 0:
+            self.console.info(f"attempt {attempt}: no checkpoint every rank holds intact; starting from scratch")
+        try:
+            self.live = start_all(self.launcher, specs, sinks)
+        except LaunchError as exc:
+            for s in sinks.values():
+                s.close()
+            failure = Failure(name="launcher", rank=None, reason="launch", exit_code=None, signal=None,
+                              at=time.time(), message=str(exc))
+            result = AttemptResult("failed", {}, failure=failure)
+            self._record(record, result)
+            self._report(attempt, result)
+            return result
+        for name, h in self.live.items():
+            record["ranks"][_key(h.spec)]["pid"] = h.pid
+        self.state.save()
+        self.console.start(self.live)
+        self.console.info(f"attempt {attempt}: started {len(self.live)} process(es) "
+                          f"({self.plan.world_size} rank(s), {self.plan.mode}); logs in {self.paths.logs_dir}")
+        sup = Supervisor(self.live, sinks, hang_timeout=self.spec.hang_timeout,
+                         startup_timeout=self.spec.startup_timeout, grace=self.spec.grace, stop=self.stop)
+        result = sup.run()
+        for h in self.live.values():
+            h.join_output(2.0)
+            close = getattr(h, "close", None)
+            if close:
+                close()
+        self.console.finish()
+        self.live = {}
+        self._record(record, result)
+        self._report(attempt, result)
+        return result
+
+    def _record(self, record: Dict[str, Any], result: AttemptResult) -> None:
+        record["end"] = time.time()
+        record["state"] = result.outcome
+        for name, code in result.exit_codes.items():
+            key = "scheduler" if name == ROLE_SCHEDULER else name.split("_", 1)[1]
+            if key in record["ranks"]:
+                record["ranks"][key]["exit_code"] = code
+                record["ranks"][key]["signal"] = signal_name(code)
+        record["failure"] = result.failure.to_dict() if result.failure else None
+        record["stop_reason"] = result.stop_reason
+        record["group_down_s"] = round(result.group_down_s, 4) if result.group_down_s is not None else None
+        self.state.save()
+
+    def _report(self, attempt: int, result: AttemptResult) -> None:
+        if result.outcome == "succeeded":
+            return
+        if result.outcome == "stopped":
+            self.console.info(f"attempt {attempt} stopped ({result.stop_reason}); all processes down"
+                              + (f" in {result.group_down_s:.2f} s" if result.group_down_s is not None else ""))
+            return
+        self.console.info(format_failure(self.spec.job_dir, attempt, result))
+
+    def _end(self, state: str, code: int, message: str) -> int:
+        self.state.end(state, code, message)
+        self.console.info(f"job {self.spec.job_id} {state.upper()}: {message}")
+        return code
+
+
+def _key(spec: WorkerSpec) -> str:
+    return "scheduler" if spec.role == ROLE_SCHEDULER else str(spec.rank)
+
+
+def format_failure(job_dir: str, attempt: int, result: AttemptResult) -> str:
+    """The one readable block printed when an attempt fails."""
+    f = result.failure
+    lines = [f"---- attempt {attempt} FAILED " + "-" * 40]
+    if f is None:
+        lines.append("failed (no details)")
+    else:
+        when = time.strftime("%H:%M:%S", time.localtime(f.at))
+        lines.append(f"first failure: {f.message} (seen at {when})")
+        if result.group_down_s is not None:
+            lines.append(f"whole group down {result.group_down_s:.3f} s later "
+                         "(SIGTERM to every process group, SIGKILL after the grace period)")
+        others = {n: c for n, c in result.exit_codes.items() if n != f.name}
+        if others:
+            lines.append("others: " + ", ".join(f"{n} {_short(c)}" for n, c in sorted(others.items())))
+        if f.last_lines:
+            lines.append(f"last lines of {f.name}:")
+            lines.extend(f"  | {l}" for l in f.last_lines[-10:])
+        if f.rank is not None:
+            lines.append(f"full log: {Path(job_dir) / 'logs' / f'{f.name}.log'}")
+    lines.append("-" * 60)
+    return "\n".join(lines)
+
+
+def _short(code: Optional[int]) -> str:
+    if code is None:
+        return "?"
+    if code < 0:
+        return signal_name(code) or str(code)
+    return f"exit {code}"
