@@ -195,6 +195,10 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
 
 # ---------------------------------------------------------------- per attempt
 
+def _host_label(host: str) -> str:
+    return socket.gethostname() if host in ("localhost", "127.0.0.1", "") else host
+
+
 def attempt_workers(plan: JobPlan, attempt: int, sched_port: Optional[int] = None,
                     resume: Optional[Mapping[int, str]] = None) -> List[WorkerSpec]:
     """The processes of one attempt: the scheduler first (dynamic mode), then rank 0..N-1."""
@@ -208,13 +212,13 @@ def attempt_workers(plan: JobPlan, attempt: int, sched_port: Optional[int] = Non
         dyn = {"MS_SCHED_HOST": spec.sched_host, "MS_SCHED_PORT": str(port), "MS_WORKER_NUM": str(n)}
         sched_host = plan.placements[0].host
         out.append(WorkerSpec(rank=-1, local_rank=-1, device=None, argv=tuple(plan.base_argv),
-                              env={**common, **dyn, "MS_ROLE": "MS_SCHED", "PSPNET_HOST": sched_host},
+                              env={**common, **dyn, "MS_ROLE": "MS_SCHED", "PSPNET_HOST": _host_label(sched_host)},
                               host=sched_host, cwd=spec.cwd or None, role=ROLE_SCHEDULER))
     for p in plan.placements:
         env = dict(common)
         env.update({"RANK_ID": str(p.rank), "DEVICE_ID": "" if p.device is None else str(p.device),
                     "PSPNET_LOCAL_RANK": str(p.local_rank),
-                    "PSPNET_HOST": socket.gethostname() if p.host == "localhost" else p.host})
+                    "PSPNET_HOST": _host_label(p.host)})
         if plan.mode == "dynamic":
             env.update(dyn)
             env.update({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(p.rank)})

@@ -37,9 +37,9 @@ def main() -> int:
     p.add_argument("--hang-at", type=int, default=0, help="stop emitting (sleep) at this global step")
     p.add_argument("--silent-start", action="store_true", help="never send compiled/step (startup hang)")
     p.add_argument("--ignore-sigterm", action="store_true")
-    p.add_argument("--corrupt-last-ckpt", action="store_true", help="damage the newest checkpoint after writing it")
+    p.add_argument("--corrupt-at", type=int, default=0, help="damage the checkpoint of this global step after writing it")
     p.add_argument("--bad-rank", type=int, default=-1)
-    p.add_argument("--bad-attempt", type=int, default=0)
+    p.add_argument("--bad-attempt", type=int, default=0, help="-1: every attempt")
     p.add_argument("--pid-file-dir", default="", help="write <dir>/<role>_<rank>.pid")
     p.add_argument("--sched-stay", action="store_true", help="as scheduler: run until SIGTERM")
     p.add_argument("--print-env", action="store_true")
@@ -68,7 +68,7 @@ def main() -> int:
     ev.emit("start", pid=os.getpid(), mode="dynamic" if "MS_ROLE" in env else "ranktable", backend="cpu",
             config_sha="fake", mindspore=None)
     print(f"rank {rank}: starting attempt {attempt}", flush=True)
-    if args.silent_start and bad and attempt == args.bad_attempt:
+    if args.silent_start and bad and args.bad_attempt in (-1, attempt):
         while True:
             time.sleep(0.05)
     time.sleep(args.compile_time)
@@ -87,7 +87,7 @@ def main() -> int:
         print(f"rank {rank}: resumed from {resume} at step {global_step}", flush=True)
 
     total = args.epochs * args.steps
-    misbehave = bad and attempt == args.bad_attempt
+    misbehave = bad and args.bad_attempt in (-1, attempt)
     while global_step < total:
         global_step += 1
         epoch = (global_step - 1) // args.steps + 1
@@ -114,7 +114,7 @@ def main() -> int:
             info = write_sidecar(path, epoch=epoch, global_step=global_step, config_sha="fake", rank=rank)
             ev.emit("checkpoint", path=str(path), epoch=epoch, global_step=global_step, bytes=info.bytes,
                     seconds=0.0, sha256=info.sha256)
-            if args.corrupt_last_ckpt and bad:
+            if args.corrupt_at == global_step and misbehave:
                 with open(path, "r+b") as fh:
                     fh.write(b"XX")
         if step == args.steps:
