@@ -36,6 +36,10 @@ class JobRunner:
         self.spec = plan.spec
         self.state = state
         self.console = console or Console("quiet")
+        if launcher is None and self.spec.hosts:   # issue 5: ranks on other hosts, over SSH
+            from orchestrator.multihost import remote_launcher_and_lookup
+            launcher, lookup = remote_launcher_and_lookup(plan, self.console.info)
+            policy = policy or RestartPolicy(self.spec.max_restarts, lookup)
         self.launcher = launcher or LocalLauncher()
         self.policy = policy or RestartPolicy(self.spec.max_restarts)
         self.stop = stop or StopRequest()

@@ -185,11 +185,15 @@ class SshdCluster:
         self.stop()
 
     # ---------------------------------------------------------------- what the launcher needs
+    def job_root(self, host: SshdHost) -> str:
+        """Each "host" keeps its job dirs in its own directory: no file system is shared."""
+        return str(self.dir / f"{host.name}-runs")
+
     def host_specs(self, devices: Optional[str] = "1", **extra):
         from cluster.hosts import HostSpec
         return [HostSpec(name=h.name, address=h.address, port=h.port, user=self.user,
                          identity_file=str(self.key), python=self.python, workdir=self.workdir,
-                         devices=devices, **extra)
+                         devices=devices, job_root=self.job_root(h), **extra)
                 for h in self.hosts]
 
     def hostfile_text(self, devices: str = "1") -> str:
@@ -197,7 +201,7 @@ class SshdCluster:
                  f"  python: {self.python}", f"  workdir: {self.workdir}", "hosts:"]
         for h in self.hosts:
             lines += [f"  - name: {h.name}", f"    address: {h.address}", f"    port: {h.port}",
-                      f"    devices: \"{devices}\""]
+                      f"    devices: \"{devices}\"", f"    job_root: {self.job_root(h)}"]
         return "\n".join(lines) + "\n"
 
     def write_hostfile(self, path: Path, devices: str = "1") -> Path:
