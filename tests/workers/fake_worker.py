@@ -51,7 +51,9 @@ def main() -> int:
     role = env.get("MS_ROLE", "MS_WORKER")
     if args.pid_file_dir:
         name = "scheduler" if role == "MS_SCHED" else f"rank_{rank}"
-        Path(args.pid_file_dir, f"{name}.pid").write_text(str(os.getpid()))
+        tmp = Path(args.pid_file_dir, f".{name}.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, Path(args.pid_file_dir, f"{name}.pid"))
     bad = args.bad_rank in (-1, rank) and role != "MS_SCHED"
     if args.ignore_sigterm and bad:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
