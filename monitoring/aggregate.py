@@ -74,13 +74,13 @@ class RunQuantiles:
         vmax = float(values.max())
         self.max = vmax if self.max is None else max(self.max, vmax)
         if self._exact is not None:
-            self._exact.extend(values.tolist())
-            if len(self._exact) <= EXACT_LIMIT:
+            if len(self._exact) + values.size <= EXACT_LIMIT:
+                self._exact.extend(values.tolist())
                 return
-            values = np.asarray(self._exact, dtype=np.float64)
+            values = np.concatenate([np.asarray(self._exact, dtype=np.float64), values])
             self._exact = None
             self._hist = np.zeros(_NBUCKETS, dtype=np.int64)
-        idx = np.floor(np.log(np.clip(values, HIST_LO, HIST_HI) / HIST_LO) / _LOG_RATIO).astype(np.int64)
+        idx = (np.log(np.clip(values, HIST_LO, HIST_HI) * (1.0 / HIST_LO)) * (1.0 / _LOG_RATIO)).astype(np.int64)
         np.clip(idx, 0, _NBUCKETS - 1, out=idx)
         self._hist += np.bincount(idx, minlength=_NBUCKETS)
 
@@ -109,17 +109,16 @@ class Series:
     def add_many(self, values: np.ndarray) -> None:
         n0 = self.n
         self.n += int(values.size)
+        while self.n // self.stride > 2 * self.cap:          # thin what is kept, before adding
+            self.stride *= 2
+            keep = [i for i, x in enumerate(self.x) if x % self.stride == 0]
+            self.x = [self.x[i] for i in keep]
+            self.y = [self.y[i] for i in keep]
         first = (-n0) % self.stride
         if first < values.size:
             sel = values[first::self.stride]
             self.x.extend(range(n0 + first, n0 + first + sel.size * self.stride, self.stride))
             self.y.extend(sel.tolist())
-        while len(self.x) > 2 * self.cap:
-            self.x, self.y = self.x[::2], self.y[::2]
-            self.stride *= 2
-            keep = [i for i, x in enumerate(self.x) if x % self.stride == 0]
-            self.x = [self.x[i] for i in keep]
-            self.y = [self.y[i] for i in keep]
 
 
 class _Device:
@@ -182,7 +181,7 @@ _STEP_TAG = b'"event":"step"'
 _NONSTEP_RE = re.compile(rb'"event":"(?!step")')
 _STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
 _LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
-FAST_MIN_LINES = 64
+FAST_MIN_BYTES = 16 << 10     # smaller chunks go line by line (the fixed costs would dominate)
 
 
 class Aggregator:
@@ -351,43 +350,50 @@ class Aggregator:
         """
         if not data:
             return 0
-        n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-        self.lines_seen += n_lines
-        if n_lines < FAST_MIN_LINES or not self._fast_chunk(data, n_lines):
+        n_lines = self._fast_chunk(data) if len(data) >= FAST_MIN_BYTES else None
+        if n_lines is None:
+            n_lines = 0
             for line in data.split(b"\n"):
                 if line:
+                    n_lines += 1
                     ev = parse_line(line)
                     if ev is not None:
                         self.feed_event(ev)
+        self.lines_seen += n_lines
         return n_lines
 
-    def _fast_chunk(self, data: bytes, n_lines: int) -> bool:
+    def _fast_chunk(self, data: bytes) -> Optional[int]:
+        """The fast path; returns the number of lines, or None (nothing applied) to fall back."""
         if not data.endswith(b"\n") or not data.startswith(b"{"):
-            return False
-        if data.count(b"}\n") != n_lines or data.count(b"\n{") != n_lines - 1:
-            return False
+            return None
+        buf = np.frombuffer(data, dtype=np.uint8)
+        nl = np.flatnonzero(buf == 10)                      # every line is "{...}\n"
+        n_lines = int(nl.size)
+        if nl[0] == 0 or not (buf[nl - 1] == 125).all() or not (buf[nl[:-1] + 1] == 123).all():
+            return None
         n_step = data.count(_STEP_TAG)
         others = [m.start() for m in _NONSTEP_RE.finditer(data)]
         if n_step + len(others) != n_lines or n_step < n_lines // 2:
-            return False
+            return None
         times = _STEP_TIME_RE.findall(data)
         losses = _LOSS_RE.findall(data)
         if len(times) != n_step or len(losses) != n_step:
-            return False
+            return None
         last_at = data.rfind(_STEP_TAG)
         last_ev = parse_line(_line_at(data, last_at))
         if last_ev is None or last_ev.get("event") != "step":
-            return False
+            return None
         rank = _int(last_ev.get("rank"))
         if rank is None or rank < 0:
-            return False
+            return None
         r = str(rank).encode()
-        if data.count(b'"rank":' + r + b",") + data.count(b'"rank":' + r + b"}") != n_lines:
-            return False
+        same_rank = data.count(b'"rank":' + r + b",")
+        if same_rank != n_lines and same_rank + data.count(b'"rank":' + r + b"}") != n_lines:
+            return None
         try:
             t = np.array(times).astype(np.float64)
         except ValueError:
-            return False
+            return None
         try:
             lv = np.array(losses).astype(np.float64)
         except ValueError:
@@ -412,7 +418,7 @@ class Aggregator:
             if ev is not None and p > last_at:
                 self.feed_event(ev)
         self.fast_chunks += 1
-        return True
+        return n_lines
 
     def _tail_steps(self, data: bytes, last_at: int) -> List[Dict[str, Any]]:
         """Up to RECENT-1 step events before the last step line (for the recent histories)."""

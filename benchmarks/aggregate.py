@@ -1,0 +1,123 @@
+"""Benchmark: parsing + aggregating event files, and the cost of one incremental pass.
+
+    .venv/bin/python benchmarks/aggregate.py                 # 8 ranks x 1,000,000 event lines
+    .venv/bin/python benchmarks/aggregate.py --lines 200000  # smaller
+
+Writes ``--ranks`` files events/rank_<R>.jsonl of ``--lines`` EventWriter-formatted lines each (mostly
+step events, an epoch event every 1000 steps; ~250 bytes a line) into a temporary job dir, then:
+
+1. full pass: a JobMonitor reads every file from the start (tailer reads, fast chunk path) and a
+   snapshot is taken -> lines/s (target >= 1M lines/s);
+2. baseline, side by side: the same lines through the line-by-line path (parse_line + feed_event,
+   i.e. json.loads per line) on a sample -> lines/s, and the ratio;
+3. incremental pass: 1,000 new lines appended (spread over the ranks), then poll() + snapshot();
+   median and max over ``--repeat`` passes.
+
+Figures are wall-clock on whatever machine runs it; on a shared machine they are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from monitoring.aggregate import Aggregator, JobMonitor  # noqa: E402
+from monitoring.events import parse_line  # noqa: E402
+from monitoring.summary import read_all  # noqa: E402
+from monitoring.synthetic import step_lines  # noqa: E402
+
+
+def make_rank_file(template: bytes, rank: int, path: Path) -> None:
+    data = template.replace(b'"rank":0,', b'"rank":%d,' % rank).replace(b'"device":0,', b'"device":%d,' % rank)
+    path.write_bytes(data)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ranks", type=int, default=8)
+    ap.add_argument("--lines", type=int, default=1_000_000, help="event lines per rank")
+    ap.add_argument("--baseline-lines", type=int, default=200_000, help="lines for the line-by-line baseline")
+    ap.add_argument("--new-lines", type=int, default=1000, help="lines appended per incremental pass (all ranks)")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--dir", default=None, help="where to write the files (default: a temp dir, removed after)")
+    args = ap.parse_args()
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="pspnet-bench-agg-"))
+    events = root / "events"
+    events.mkdir(parents=True, exist_ok=True)
+    try:
+        t = time.perf_counter()
+        template = "".join(step_lines(0, args.lines, world_size=args.ranks)).encode()
+        for r in range(args.ranks):
+            make_rank_file(template, r, events / f"rank_{r}.jsonl")
+        total_lines = args.ranks * args.lines
+        total_bytes = sum(p.stat().st_size for p in events.glob("*.jsonl"))
+        print(f"generated {args.ranks} ranks x {args.lines:,} lines = {total_lines:,} lines, "
+              f"{total_bytes / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s (not timed below)")
+
+        # 1. full pass (tailer reads + fast chunk path + snapshot)
+        mon = JobMonitor([root])
+        t = time.perf_counter()
+        read_all(mon)
+        summary = mon.summary()
+        full_s = time.perf_counter() - t
+        seen = sum(d.steps_seen for d in summary.devices.values())
+        full_rate = total_lines / full_s
+        print(f"full pass:        {full_s:7.2f} s  {full_rate / 1e6:6.2f} M lines/s  "
+              f"({total_bytes / full_s / 1e6:.0f} MB/s; {seen:,} steps aggregated over {len(summary.devices)} "
+              f"devices; fast chunks {mon.aggregator.fast_chunks})")
+
+        # 2. baseline: one json.loads per line
+        sample = template[: template.find(b"\n", len(template) * min(args.baseline_lines, args.lines)
+                                          // args.lines - 1) + 1]
+        lines = sample.split(b"\n")
+        agg = Aggregator()
+        t = time.perf_counter()
+        n = 0
+        for line in lines:
+            if line:
+                ev = parse_line(line)
+                if ev is not None:
+                    agg.feed_event(ev)
+                n += 1
+        agg.snapshot()
+        base_s = time.perf_counter() - t
+        base_rate = n / base_s
+        print(f"line-by-line:     {base_s:7.2f} s  {base_rate / 1e6:6.2f} M lines/s  on {n:,} lines "
+              f"(parse_line + feed_event)   -> fast path is {full_rate / base_rate:.1f}x")
+
+        # 3. incremental passes: append new lines to every rank, then poll + snapshot
+        per_rank = max(1, args.new_lines // args.ranks)
+        new = {r: "".join(step_lines(r, per_rank * args.repeat, world_size=args.ranks, seed=7)).encode()
+               for r in range(args.ranks)}
+        splits = {r: new[r].split(b"\n") for r in new}
+        costs = []
+        for i in range(args.repeat):
+            for r in range(args.ranks):
+                part = b"\n".join(splits[r][i * per_rank:(i + 1) * per_rank]) + b"\n"
+                with open(events / f"rank_{r}.jsonl", "ab") as fh:
+                    fh.write(part)
+            t = time.perf_counter()
+            got = mon.poll()
+            mon.summary()
+            costs.append(time.perf_counter() - t)
+            assert got == per_rank * args.ranks, got
+        print(f"incremental pass: {per_rank * args.ranks:,} new lines over {args.ranks} ranks: poll+snapshot "
+              f"median {statistics.median(costs) * 1e3:.2f} ms, max {max(costs) * 1e3:.2f} ms "
+              f"({args.repeat} passes)")
+        print(f"target >= 1M lines/s: {'met' if full_rate >= 1e6 else 'NOT met'} ({full_rate / 1e6:.2f} M lines/s)")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
