@@ -340,8 +340,8 @@ def _looks_like_deepspeed(text: str) -> bool:
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        return bool(re.match(r"^[^\s:\-\[{]+(\s+[A-Za-z_]+=\S+)+$", line)) or (
-            bool(re.match(r"^[^\s:\-\[{=]+$", line)) and ":" not in line)
+        # `name slots=8 ...` or a bare `name`; YAML starts otherwise (`key:`, `- item`, `[`, `{`)
+        return bool(re.match(r"^[^\s:\-\[{'\"][^\s:=]*(\s+[A-Za-z_]+=\S+)*$", line))
     return False
 
 
