@@ -120,6 +120,16 @@ def test_ensure_dataset_concurrent_ranks_share_one_set(tmp_path):
     assert _digest(root) == before
 
 
+def test_ensure_dataset_fills_an_empty_dir_and_notes_a_size_mismatch(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    lines = []
+    assert synth.ensure_dataset(_cfg(root), log=lines.append) == root
+    assert (root / "train.txt").is_file() and lines == []
+    synth.ensure_dataset(_cfg(root, synth_images=10), log=lines.append)
+    assert len(lines) == 1 and "already holds a generated set of 6 images; synth_images=10 is ignored" in lines[0]
+
+
 def test_ensure_dataset_without_synthesis_writes_nothing(tmp_path):
     root = tmp_path / "absent"
     assert synth.ensure_dataset(_cfg(root, synthesize_if_missing=False), log=None) == root

@@ -200,6 +200,16 @@ def _complete(root: Path, lists: Sequence[str]) -> bool:
     return all((root / name).is_file() for name in lists)
 
 
+def _note_size_mismatch(root: Path, wanted: int, log: Callable[[str], None]) -> None:
+    try:
+        made = json.loads((root / META).read_text()).get("images")
+    except (OSError, ValueError, AttributeError):
+        return   # not a generated set, or an old one: nothing to compare
+    if made is not None and int(made) != wanted:
+        log(f"synth: {root} already holds a generated set of {made} images; synth_images={wanted} is ignored "
+            f"(remove {root} to regenerate)")
+
+
 def ensure_dataset(cfg: Dict[str, Any], log: Optional[Callable[[str], None]] = _log) -> Path:
     """Return ``cfg["data_root"]``, generating a data set there first when the config asks for it.
 
@@ -213,6 +223,8 @@ def ensure_dataset(cfg: Dict[str, Any], log: Optional[Callable[[str], None]] = _
     root = Path(os.path.expanduser(str(cfg["data_root"])))
     lists = (cfg.get("train_list", "train.txt"), cfg.get("val_list", "val.txt"))
     if _complete(root, lists) or not cfg.get("synthesize_if_missing"):
+        if cfg.get("synthesize_if_missing") and log:
+            _note_size_mismatch(root, int(cfg.get("synth_images", 48)), log)
         return root
     if root.exists() and any(root.iterdir()):
         if _complete(root, lists):  # another rank finished it just now
