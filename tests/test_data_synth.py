@@ -153,3 +153,22 @@ def test_progress_line_only_when_slow(tmp_path, monkeypatch):
     monkeypatch.setattr(synth.time, "monotonic", lambda: float(next(clock)))
     synth.generate(tmp_path / "slow", images=3, log=lines.append)
     assert lines and "images written to" in lines[0] and lines[-1].startswith("synth: done")
+
+
+def test_ensure_dataset_concurrent_processes(tmp_path):
+    """Ranks are processes: start three at once on the same missing data_root."""
+    import json
+    import subprocess
+    import sys
+    root = tmp_path / "shared" / "synth"
+    code = ("import json, sys; from trainer.data.synth import ensure_dataset; "
+            "print(ensure_dataset(json.loads(sys.argv[1]), log=None))")
+    repo = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(_cfg(root, synth_images=12))],
+                              cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == [str(root)] * 3
+    assert sorted(p.name for p in root.parent.iterdir()) == ["synth"]
+    assert len(list((root / "JPEGImages").iterdir())) == 12
