@@ -316,21 +316,27 @@ class RemoteProcess:
                 except Exception:  # noqa: BLE001
                     status = -1
             self._finish(status)
+            if self.reason and (self.exit_code == EXIT_SSH_LOST or self.remote_pid is None):
+                # say it in the output too, so the failure report's last lines show the cause
+                try:
+                    self._on_line(f"pspnet-cluster: {self.reason}")
+                except Exception:  # noqa: BLE001
+                    pass
         finally:
+            try:
+                self.channel.close()
+            except Exception:  # noqa: BLE001
+                pass
+            if self._on_exit is not None:   # before done: whoever waits sees a closed sink
+                try:
+                    self._on_exit(self)
+                except Exception:  # noqa: BLE001
+                    pass
             self._done.set()
             try:
                 os.write(self._wfd, b"x")
             except OSError:
                 pass
-            try:
-                self.channel.close()
-            except Exception:  # noqa: BLE001
-                pass
-            if self._on_exit is not None:
-                try:
-                    self._on_exit(self)
-                except Exception:  # noqa: BLE001
-                    pass
 
     def _finish(self, status: int) -> None:
         if self._reported_exit is not None:

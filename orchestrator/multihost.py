@@ -318,14 +318,9 @@ class RemoteLauncher:
         self.prepare()
         host = self._host(spec)
         command = self.command_for(spec)
-        label = f"{host.name}/{spec.name}"
+        label = host.name
 
         def on_exit(proc) -> None:
-            if proc.reason and (proc.exit_code == ssh.EXIT_SSH_LOST or proc.remote_pid is None):
-                try:
-                    sink.line(f"pspnet-cluster: {proc.reason}")
-                except Exception:  # noqa: BLE001
-                    pass
             try:
                 sink.close()
             except Exception:  # noqa: BLE001

@@ -1,0 +1,239 @@
+"""`pspnet-cluster launch --hosts` end to end over real SSH (loopback "hosts"), with the test fake worker
+standing in for the trainer: completion, teardown everywhere on a failure anywhere, lost connections,
+preflight failures that start nothing, paths with spaces and quotes, restarts from per-host checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sshd import sshd_cluster  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.ssh
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ROOT / "tests" / "workers" / "fake_worker.py"
+
+
+def launch_argv(hostfile, job_dir, worker_args, *extra):
+    return [sys.executable, "-m", "orchestrator.cli", "launch", "--hosts", str(hostfile), "--devices", "1",
+            "--job-dir", str(job_dir), "--grace", "3", "--quiet", *extra,
+            "--cmd", f"python {FAKE} {worker_args}"]
+
+
+def run_launch(argv, cwd, timeout=120):
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def events(job_dir, rank):
+    p = Path(job_dir) / "events" / f"rank_{rank}.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+
+
+def wait_for(pred, timeout=60.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rank_pids(job_dir, world):
+    """The remote pid of every rank, from its `start` event (the remote hosts are this machine)."""
+    pids = {}
+    for r in range(world):
+        starts = [e for e in events(job_dir, r) if e["event"] == "start"]
+        if starts:
+            pids[r] = starts[-1]["pid"]
+    return pids if len(pids) == world else None
+
+
+def job_json(job_dir):
+    return json.loads((Path(job_dir) / "job.json").read_text())
+
+
+def test_two_hosts_run_to_completion_with_host_labels(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-ok"
+    res = run_launch(launch_argv(hostfile, job, "--steps 3 --ckpt-every 1"), tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rank, host in ((0, "host0"), (1, "host1")):
+        evs = events(job, rank)
+        assert [e["event"] for e in evs][-1] == "finished"
+        assert {e["host"] for e in evs} == {host}
+        assert "rank %d: done" % rank in (job / "logs" / f"rank_{rank}.log").read_text()
+        # checkpoints stay on the rank's host: in that host's job root, not in the local job dir
+        remote = Path(cluster.job_root(cluster.hosts[rank])) / "job-ok" / "ckpt" / f"rank_{rank}"
+        assert len(list(remote.glob("*.ckpt.json"))) == 3
+    assert not (job / "ckpt" / "rank_0").exists() or not list((job / "ckpt" / "rank_0").iterdir())
+    assert "fake scheduler" in (job / "logs" / "scheduler.log").read_text()
+    data = job_json(job)
+    assert data["state"] == "succeeded"
+    hosts = json.loads((job / "hosts.json").read_text())
+    assert [h["name"] for h in hosts["hosts"]] == ["host0", "host1"]
+
+
+def test_a_rank_killed_on_host_b_tears_down_host_a(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-kill"
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
+        wait_for(lambda: all(any(e["event"] == "step" for e in events(job, r)) for r in (0, 1)), what="steps")
+        os.kill(pids[1], signal.SIGKILL)               # rank 1 lives on host1
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    assert not alive(pids[0]), "rank 0 on host0 survived the failure of rank 1 on host1"
+    attempt = job_json(job)["attempts"][-1]
+    assert attempt["failure"]["rank"] == 1 and attempt["failure"]["signal"] == "SIGKILL"
+    assert attempt["ranks"]["0"]["exit_code"] in (-15, -9)
+    assert "rank 1 killed by SIGKILL" in out
+
+
+def test_a_lost_ssh_connection_is_a_rank_failure(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-lost"
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
+        wait_for(lambda: all(any(e["event"] == "step" for e in events(job, r)) for r in (0, 1)), what="steps")
+        assert cluster.hosts[1].drop_connections() >= 1
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    failure = job_json(job)["attempts"][-1]["failure"]
+    assert failure["rank"] == 1 and failure["exit_code"] == 255
+    assert any("SSH connection to host1 lost" in l for l in failure["last_lines"])
+    assert not alive(pids[0]) and not alive(pids[1])
+
+
+def test_ctrl_c_reaches_every_host(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-int"
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert not any(alive(p) for p in pids.values())
+    assert job_json(job)["state"] == "stopped"
+
+
+def test_an_unreachable_host_fails_preflight_and_nothing_starts(sshd_cluster, tmp_path):
+    from sshd import free_port
+    cluster = sshd_cluster(1)
+    text = cluster.hostfile_text()
+    dead_port = free_port("127.0.0.9")
+    text += f"  - name: deadhost\n    address: 127.0.0.9\n    port: {dead_port}\n"
+    hostfile = tmp_path / "hosts.yaml"
+    hostfile.write_text(text)
+    job = tmp_path / "runs" / "job-pre"
+    marker = tmp_path / "started"
+    res = run_launch(launch_argv(hostfile, job, f"--pid-file-dir {marker}"), tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [l.strip() for l in res.stderr.splitlines()]
+    assert any(l.startswith("deadhost: cannot connect to") and f"127.0.0.9:{dead_port}" in l
+               and "connection refused" in l for l in lines), res.stderr
+    assert not any(l.startswith("host0:") for l in lines)      # the healthy host is not blamed
+    assert "nothing was started" in res.stderr
+    assert not (job / "job.json").exists()
+    assert not (Path(cluster.job_root(cluster.hosts[0])) / "job-pre").exists()   # nothing made on host0
+
+
+def test_preflight_names_each_failing_host_once(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(3)
+    text = cluster.hostfile_text()
+    # host1: a python that does not exist; host2: an interpreter without the project on its path
+    text = text.replace("  - name: host1\n", "  - name: host1\n    python: /opt/none/bin/python\n")
+    text = text.replace("  - name: host2\n", "  - name: host2\n    python: /usr/bin/python3\n    workdir: /\n")
+    hostfile = tmp_path / "hosts.yaml"
+    hostfile.write_text(text)
+    res = run_launch(launch_argv(hostfile, tmp_path / "j", "") + ["--dry-run"], tmp_path)
+    assert res.returncode == 2
+    lines = [l.strip() for l in res.stderr.splitlines() if l.strip().startswith("host")]
+    assert len(lines) == 2, res.stderr
+    assert lines[0].startswith("host1: python not found: /opt/none/bin/python")
+    assert lines[1].startswith("host2: the project is not importable by /usr/bin/python3")
+
+
+def test_paths_with_spaces_and_quotes_survive(sshd_cluster, tmp_path):
+    """Job dir, host job roots, script path and program arguments with spaces, quotes and shell syntax."""
+    cluster = sshd_cluster(2)
+    odd = tmp_path / "it's a \"quoted\" dir; $(x)"
+    odd.mkdir()
+    text = cluster.hostfile_text()
+    for h in cluster.hosts:
+        text = text.replace(f"job_root: {cluster.job_root(h)}",
+                            f"job_root: {json.dumps(str(odd / ('root of ' + h.name)))}")
+    hostfile = odd / "hosts file.yaml"
+    hostfile.write_text(text)
+    canary = tmp_path / "pwned"
+    script = odd / "echo args.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "if os.environ.get('MS_ROLE') == 'MS_SCHED':\n    sys.exit(0)\n"
+        "d = Path(os.environ['PSPNET_JOB_DIR'])\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "(d / f\"argv_{os.environ['RANK_ID']}.json\").write_text(json.dumps(sys.argv[1:]))\n")
+    job = odd / "runs" / "job-odd"
+    args = ["a b", "it's", '"dq"', f"$(touch {canary})", f"; touch {canary}"]
+    import shlex
+    argv = [sys.executable, "-m", "orchestrator.cli", "launch", "--hosts", str(hostfile), "--devices", "1",
+            "--job-dir", str(job), "--quiet", "--cmd", shlex.join(["python", str(script)]), "--", *args]
+    res = run_launch(argv, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r, h in enumerate(cluster.hosts):
+        written = odd / f"root of {h.name}" / "job-odd" / f"argv_{r}.json"
+        assert json.loads(written.read_text()) == args
+    assert not canary.exists()
+
+
+def test_restart_resumes_from_the_newest_step_every_host_holds(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-restart"
+    res = run_launch(launch_argv(hostfile, job, "--steps 4 --ckpt-every 1 --crash-at 3 --bad-rank 1",
+                                 "--max-restarts", "1"), tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = job_json(job)
+    assert len(data["attempts"]) == 2
+    resume = data["attempts"][1]["resume"]
+    # rank 1 died before its step-3 checkpoint: step 2 is the newest that both hosts hold
+    assert resume["global_step"] == 2
+    for r, h in enumerate(cluster.hosts):
+        assert resume["paths"][str(r)].startswith(cluster.job_root(h) + "/job-restart/ckpt/rank_%d/" % r)
+    resumed = [e for e in events(job, 1) if e["event"] == "resumed"]
+    assert resumed and resumed[-1]["global_step"] == 2
