@@ -62,6 +62,11 @@ def test_batches_shapes_types_and_count(root):
     assert set(np.unique(y).tolist()) <= set(range(21)) | {255}
     assert it.batches == 3 and it.wait_s > 0 and loader.data_wait_seconds(it) == it.wait_s
     assert it.last_wait_s <= it.wait_s and it.first_wait_s <= it.wait_s
+    assert it._it is None                                       # the for loop's last next() stopped it
+    with loader.train_batches(cfg, 1, 3, 1) as part:
+        next(part)
+        assert part._it is not None and len(part) == 2
+    assert part._it is None                                     # leaving the block stopped it
 
 
 def test_same_batches_every_time_whatever_the_worker_count(root, monkeypatch):

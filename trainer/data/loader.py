@@ -177,12 +177,11 @@ class BatchIterator:
             if self.batches == 0:
                 self.first_wait_s = self.last_wait_s
         self.batches += 1
-        if self.batches >= self.total:
-            self.close()
         return images, labels
 
     def close(self) -> None:
-        """Stop the pipeline's workers (also done when the last batch has been handed out)."""
+        """Stop the pipeline's workers.  Done by the ``next()`` after the last batch, by leaving a ``with``
+        block, or here; not inside the last batch's ``next()``, so that a step's time never includes it."""
         if self._it is not None:
             try:
                 self._it.stop()
