@@ -62,10 +62,10 @@ def random_gaussian_blur(image: np.ndarray, rng: np.random.Generator, p: float =
 
 
 def random_hflip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> Pair:
-    """With probability ``p``, mirror both left-right."""
+    """With probability ``p``, mirror both left-right (as views: the crop that follows copies less)."""
     if rng.random() >= p:
         return image, label
-    return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
+    return image[:, ::-1], label[:, ::-1]
 
 
 def pad_to(image: np.ndarray, label: np.ndarray, size: int, fill: Sequence[float] = MEAN,
@@ -77,6 +77,7 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: int, fill: Sequence[float
         return image, label
     top, left = ph // 2, pw // 2
     border = (top, ph - top, left, pw - left)
+    image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)   # OpenCV wants plain arrays
     image = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=tuple(float(v) for v in fill))
     label = cv2.copyMakeBorder(label, *border, cv2.BORDER_CONSTANT, value=int(ignore))
     return image, label
