@@ -138,7 +138,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 2
     from monitoring.exporter import serve
     try:
-        server = serve(args.paths, host=args.host, port=args.port, start=False,
+        server = serve(args.paths, host=args.host, port=args.port, start=False, local_processes=True,
                        npu_reader=None if args.no_npu else "auto", **_agg_kwargs(args))
     except OSError as exc:
         print(f"pspnet-cluster metrics: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "

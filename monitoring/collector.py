@@ -13,7 +13,8 @@ per device, labels ``job, host, rank, device``
     ``pspnet_loss``, ``pspnet_val_loss``, ``pspnet_epoch``, ``pspnet_global_step``, ``pspnet_steps_total``,
     ``pspnet_miou_ratio``, ``pspnet_best_miou_ratio``, ``pspnet_up``, ``pspnet_last_event_age_seconds``,
     ``pspnet_straggler``, ``pspnet_device_state`` (one-hot over ``DEVICE_STATES``)
-per rank process, labels ``job, host, rank`` (only when the launcher passes ``process_stats``)
+per rank process, labels ``job, host, rank`` (when ``process_stats`` is given: the launcher's live
+ranks, or ``LocalProcessStats`` for ranks of this host in standalone mode)
     ``pspnet_process_cpu_seconds_total``, ``pspnet_process_resident_memory_bytes``
 per job, label ``job``
     ``pspnet_job_restarts_total``, ``pspnet_job_state`` (one-hot over ``JOB_STATES``), ``pspnet_job_ranks``,
@@ -258,8 +259,11 @@ class PspnetCollector:
 
     ``source()`` returns the current job summaries (refreshing them incrementally); ``process_stats()``
     (optional, from the launcher) returns ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` for live
-    ranks of the first job; ``npu_reader()`` (optional) returns parsed ``npu-smi info`` chips or None.
+    ranks of the first job (keys may also be ``(job, rank)``); ``npu_reader()`` (optional) returns parsed ``npu-smi info`` chips or None.
     Any piece that raises is skipped for that scrape; the error is kept in ``last_errors``.
+    ``pspnet_up``: with ``live_from_process_stats`` (the launcher, which knows every rank's process)
+    a rank is up exactly when it is in ``process_stats()``; otherwise while it is not finished,
+    failed or stopped and its last event is at most ``stale_after_s`` old.
 
     ``collect()`` is the prometheus_client Collector protocol; ``families()`` gives the same data as
     light ``Family`` objects for ``TextRenderer`` (the exporter's fast /metrics path).
@@ -267,6 +271,7 @@ class PspnetCollector:
 
     def __init__(self, source: Callable[[], Iterable[JobSummary]], *,
                  process_stats: Optional[Callable[[], ProcessStats]] = None,
+                 live_from_process_stats: bool = True,
                  npu_reader: Optional[Callable[[], Any]] = None,
                  histograms: Optional[StepTimeHistograms] = None,
                  stale_after_s: float = DEFAULT_STALE_AFTER_S,
@@ -274,6 +279,7 @@ class PspnetCollector:
                  clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.process_stats = process_stats
+        self.live_from_process_stats = bool(live_from_process_stats)
         self.npu_reader = npu_reader
         self.histograms = histograms or StepTimeHistograms()
         self.stale_after_s = float(stale_after_s)
@@ -320,7 +326,7 @@ class PspnetCollector:
 
     def is_up(self, dev: DeviceState, procs: ProcessStats, now: float, live_known: bool) -> bool:
         if live_known:
-            return int(dev.rank) in procs
+            return int(dev.rank) in procs or (dev.job, int(dev.rank)) in procs
         if dev.state in _TERMINAL or dev.last_event_ts is None:
             return False
         return now - dev.last_event_ts <= self.stale_after_s
@@ -330,7 +336,8 @@ class PspnetCollector:
     def families(self) -> List[Family]:
         jobs = self._jobs()
         procs = self._procs()
-        live_known = self.process_stats is not None
+        has_procs = self.process_stats is not None
+        live_known = has_procs and self.live_from_process_stats
         now = self.clock()
         dl = ("job", "host", "rank", "device")
 
@@ -368,7 +375,8 @@ class PspnetCollector:
         jattempt = Family("pspnet_job_attempt", "gauge", "Current attempt (0 = first launch).", jl_names)
 
         hists = self.histograms
-        for job in jobs:
+        for index, job in enumerate(jobs):
+            first = index == 0
             jl = (str(job.job),)
             for rank in sorted(job.devices):
                 dev = job.devices[rank]
@@ -395,7 +403,11 @@ class PspnetCollector:
                     age.add(lab, max(0.0, now - dev.last_event_ts))
                 strag.add(lab, 1.0 if dev.straggler else 0.0)
                 dstate.add(lab + (dev.state if dev.state in DEVICE_STATES else "unknown",), 1.0)
-                p = procs.get(int(rank)) if live_known else None
+                p = None
+                if has_procs:
+                    p = procs.get((job.job, int(rank)))
+                    if p is None and first:
+                        p = procs.get(int(rank))
                 if p:
                     cpu.add(lab[:3], p.get("cpu_seconds"))
                     rss.add(lab[:3], p.get("rss_bytes"))
@@ -410,7 +422,7 @@ class PspnetCollector:
 
         fams = [step_last, step_p50, step_p95, step_hist, ips, loss, val_loss, epoch, gstep, steps, miou,
                 best, up, age, strag, dstate]
-        if live_known:
+        if has_procs:
             fams += [cpu, rss]
         fams += [restarts, jstate, ranks, jips, jstrag, jattempt]
         fams += self._npu_families()

@@ -92,9 +92,52 @@ class JobsSource:
                 self.polls += 1
             return self._summaries
 
-    def series(self) -> List[Any]:
-        """The monitors (for whole-run series; used by the JSON endpoint)."""
-        return self.monitors
+    def last(self) -> List[JobSummary]:
+        """The summaries of the last poll, without polling."""
+        return self._summaries
+
+
+# ------------------------------------------------------------------ rank processes of this host
+
+class LocalProcessStats:
+    """``process_stats`` for the standalone exporter: ranks of this host, by the pid of their start event.
+
+    A rank counts when its host is this machine, its pid is alive, and the process is not younger
+    than the rank's last event (so a pid reused by another program is not taken for the rank).
+    Returns ``{(job, rank): {"pid", "cpu_seconds", "rss_bytes"}}``.
+    """
+
+    def __init__(self, summaries: Callable[[], List[JobSummary]], hostnames: Optional[Sequence[str]] = None) -> None:
+        import socket
+        self.summaries = summaries
+        names = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+        self.hostnames = set(hostnames) if hostnames is not None else names
+        self._procs: Dict[int, Any] = {}
+
+    def __call__(self) -> Dict[Any, Dict[str, Any]]:
+        import psutil
+        out: Dict[Any, Dict[str, Any]] = {}
+        for job in self.summaries():
+            for rank, dev in job.devices.items():
+                if not dev.pid or dev.host not in self.hostnames or dev.state in ("finished", "failed", "stopped"):
+                    continue
+                try:
+                    proc = self._procs.get(dev.pid)
+                    if proc is None:
+                        proc = self._procs[dev.pid] = psutil.Process(dev.pid)
+                    if not proc.is_running():       # gone, or the pid now belongs to another process
+                        self._procs.pop(dev.pid, None)
+                        continue
+                    if dev.last_event_ts is not None and proc.create_time() > dev.last_event_ts + 1.0:
+                        continue
+                    with proc.oneshot():
+                        t = proc.cpu_times()
+                        rss = proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    self._procs.pop(dev.pid, None)
+                    continue
+                out[(job.job, int(rank))] = {"pid": dev.pid, "cpu_seconds": t.user + t.system, "rss_bytes": rss}
+        return out
 
 
 # ------------------------------------------------------------------ npu-smi
@@ -257,10 +300,11 @@ class Exporter:
     """The collector, the renderer and the HTTP server of one or more jobs."""
 
     def __init__(self, source: Callable[[], List[JobSummary]], *, host: str = "127.0.0.1", port: int = 0,
-                 process_stats: Optional[Callable[[], ProcessStats]] = None,
+                 process_stats: Optional[Callable[[], ProcessStats]] = None, live_from_process_stats: bool = True,
                  npu_reader: Optional[Callable[[], Any]] = None, web_dir: Path = WEB_DIR) -> None:
         self.source = source
-        self.collector = PspnetCollector(source, process_stats=process_stats, npu_reader=npu_reader)
+        self.collector = PspnetCollector(source, process_stats=process_stats, npu_reader=npu_reader,
+                                         live_from_process_stats=live_from_process_stats)
         self.renderer = TextRenderer()
         self.web_dir = Path(web_dir)
         self._static: Dict[str, bytes] = {}
@@ -325,12 +369,14 @@ class Exporter:
 def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", port: int = 0,
           process_stats: Optional[Callable[[], ProcessStats]] = None,
           npu_reader: Union[Callable[[], Any], None, str] = "auto", start: bool = True,
-          **monitor_kwargs: Any) -> Exporter:
+          local_processes: bool = False, **monitor_kwargs: Any) -> Exporter:
     """Serve /metrics, /api/state and the dashboard for a job dir (or log paths) in a background thread.
 
     ``port=0`` picks a free port (see ``.port``/``.url``).  ``process_stats()`` returns
     ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` for live ranks (the launcher knows them);
-    ``npu_reader="auto"`` exports npu-smi figures where npu-smi is installed.  Raises OSError when
+    ``npu_reader="auto"`` exports npu-smi figures where npu-smi is installed.  Without
+    ``process_stats``, ``local_processes=True`` (the standalone command) exports CPU and memory of
+    the ranks running on this host, found by the pid of their start event (``LocalProcessStats``).  Raises OSError when
     the address cannot be bound.  ``monitor_kwargs`` go to each JobMonitor (e.g. ``straggler_margin``).
     """
     if isinstance(paths, (str, os.PathLike)):
@@ -338,6 +384,9 @@ def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", p
     if npu_reader == "auto":
         npu_reader = default_npu_reader()
     source = JobsSource(list(paths), **monitor_kwargs)
-    exp = Exporter(source, host=host, port=port, process_stats=process_stats,
+    live = process_stats is not None
+    if process_stats is None and local_processes:
+        process_stats = LocalProcessStats(source.last)
+    exp = Exporter(source, host=host, port=port, process_stats=process_stats, live_from_process_stats=live,
                    npu_reader=npu_reader)  # type: ignore[arg-type]
     return exp.start() if start else exp

@@ -405,3 +405,28 @@ def test_metrics_command_errors_name_the_problem(tmp_path):
         r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "metrics", str(tmp_path), "--port", str(port)],
                            capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+
+
+# ------------------------------------------------------------------ standalone: rank processes of this host
+
+def test_local_process_stats_finds_live_ranks_of_this_host_only():
+    from monitoring.exporter import LocalProcessStats
+    me = os.getpid()
+    now = time.time()
+    devs = {0: device(0, job="j", host="thishost", pid=me, last_event_ts=now),                # this process
+            1: device(1, job="j", host="otherhost", pid=me, last_event_ts=now),               # another machine
+            2: device(2, job="j", host="thishost", pid=me, last_event_ts=1.0),                # event older than the process
+            3: device(3, job="j", host="thishost", pid=2 ** 22 + 12345, last_event_ts=now),   # no such pid
+            4: device(4, job="j", host="thishost", pid=me, last_event_ts=now, state="finished")}
+    jobs = [JobSummary(job="j", devices=devs)]
+    stats = LocalProcessStats(lambda: jobs, hostnames=["thishost"])()
+    assert set(stats) == {("j", 0)}
+    assert stats[("j", 0)]["pid"] == me and stats[("j", 0)]["cpu_seconds"] > 0 and stats[("j", 0)]["rss_bytes"] > 1e6
+    # exported per (job, rank), while "up" still follows event recency (standalone: not every rank is local)
+    c = PspnetCollector(lambda: jobs, process_stats=LocalProcessStats(lambda: jobs, hostnames=["thishost"]),
+                        live_from_process_stats=False, clock=lambda: now)
+    smp = samples(TextRenderer().render(c.families()))
+    assert value(smp, "pspnet_process_resident_memory_bytes", job="j", rank="0") > 1e6
+    assert [k for k in smp if k[0] == "pspnet_process_cpu_seconds_total"] == [
+        k for k in smp if k[0] == "pspnet_process_cpu_seconds_total" and ("rank", "0") in k[1]]
+    assert value(smp, "pspnet_up", rank="1") == 1 and value(smp, "pspnet_up", rank="4") == 0
