@@ -203,17 +203,38 @@ def check_host(host: Any, conn, *, backend: str = "auto", devices: Any = None, p
             break
     if res.exited != 0 or data is None:
         return fail(f"preflight probe failed ({res.reason()})")
-    server = None
-    if data.get("server"):
-        s = data["server"]
-        from cluster.devices import Device
-        server = Server(server_id=host.address if _is_ipv4(host.address) else (s.get("server_id") or host.address),
-                        devices=tuple(Device(**d) for d in s.get("devices", [])), host=host.name,
-                        host_ip=s.get("host_ip"), super_pod_id=s.get("super_pod_id"))
+    server = server_from_probe(host, data)
     return HostReport(host.name, host.address, list(data.get("problems") or []), hostname=data.get("hostname", ""),
                       python=data.get("python", ""), mindspore=data.get("mindspore"),
                       backend=data.get("backend", ""), server=server, disk_free_gb=data.get("disk_free_gb"),
                       port_free=data.get("port_free"), seconds=time.monotonic() - t0)
+
+
+def server_from_probe(host: Any, data: Dict[str, Any]) -> Optional[Server]:
+    """The ``Server`` a host's probe reported, named for the rank table: ``server_id`` is the host's
+    address when that is an IPv4 address (what HCCL expects), else what the host said about itself;
+    ``host`` is the host's name (the launcher places that host's ranks by it)."""
+    s = data.get("server")
+    if not s:
+        return None
+    from cluster.devices import Device
+    fields = _device_fields()
+    devices = tuple(Device(**d) if fields.issuperset(d) else Device(**{k: v for k, v in d.items() if k in fields})
+                    for d in s.get("devices", ()))
+    return Server(server_id=host.address if _is_ipv4(host.address) else (s.get("server_id") or host.address),
+                  devices=devices, host=host.name, host_ip=s.get("host_ip"), super_pod_id=s.get("super_pod_id"))
+
+
+_DEVICE_FIELDS: Optional[frozenset] = None
+
+
+def _device_fields() -> frozenset:
+    """Fields a Device takes (a newer host may report more; those are dropped)."""
+    global _DEVICE_FIELDS
+    if _DEVICE_FIELDS is None:
+        from cluster.devices import Device
+        _DEVICE_FIELDS = frozenset(Device.__dataclass_fields__)  # type: ignore[attr-defined]
+    return _DEVICE_FIELDS
 
 
 def _is_ipv4(text: str) -> bool:
