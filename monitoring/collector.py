@@ -261,9 +261,10 @@ class PspnetCollector:
     (optional, from the launcher) returns ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` for live
     ranks of the first job (keys may also be ``(job, rank)``); ``npu_reader()`` (optional) returns parsed ``npu-smi info`` chips or None.
     Any piece that raises is skipped for that scrape; the error is kept in ``last_errors``.
-    ``pspnet_up``: with ``live_from_process_stats`` (the launcher, which knows every rank's process)
-    a rank is up exactly when it is in ``process_stats()``; otherwise while it is not finished,
-    failed or stopped and its last event is at most ``stale_after_s`` old.
+    ``pspnet_up``: with ``live_from_process_stats`` (the launcher, which knows its local ranks'
+    processes) a rank is up when it is in ``process_stats()``, and down when it is not but runs on a
+    host where listed ranks run; ranks of other hosts, and every rank without process information,
+    are up while not finished, failed or stopped and their last event is at most ``stale_after_s`` old.
 
     ``collect()`` is the prometheus_client Collector protocol; ``families()`` gives the same data as
     light ``Family`` objects for ``TextRenderer`` (the exporter's fast /metrics path).
@@ -287,6 +288,7 @@ class PspnetCollector:
         self.clock = clock
         self.last_errors: Dict[str, str] = {}
         self._label_cache: Dict[tuple, Tuple[str, ...]] = {}
+        self._local_hosts: set = set()     # host labels of ranks ever listed by process_stats
 
     def describe(self) -> List[Metric]:
         # Registering must not trigger a scrape (that would read the job dir at registration time).
@@ -326,7 +328,11 @@ class PspnetCollector:
 
     def is_up(self, dev: DeviceState, procs: ProcessStats, now: float, live_known: bool) -> bool:
         if live_known:
-            return int(dev.rank) in procs or (dev.job, int(dev.rank)) in procs
+            if int(dev.rank) in procs or (dev.job, int(dev.rank)) in procs:
+                return True
+            if dev.host in self._local_hosts:
+                return False        # a rank of the launcher's own hosts without a live process: down
+            # a rank on another host (the launcher's process table covers its local ranks only)
         if dev.state in _TERMINAL or dev.last_event_ts is None:
             return False
         return now - dev.last_event_ts <= self.stale_after_s
@@ -374,6 +380,11 @@ class PspnetCollector:
         jstrag = Family("pspnet_job_stragglers", "gauge", "Devices flagged as stragglers.", jl_names)
         jattempt = Family("pspnet_job_attempt", "gauge", "Current attempt (0 = first launch).", jl_names)
 
+        if live_known and procs:
+            for index, job in enumerate(jobs):
+                for rank, dev in job.devices.items():
+                    if (job.job, int(rank)) in procs or (index == 0 and int(rank) in procs):
+                        self._local_hosts.add(dev.host)
         hists = self.histograms
         for index, job in enumerate(jobs):
             first = index == 0

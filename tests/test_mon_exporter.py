@@ -430,3 +430,17 @@ def test_local_process_stats_finds_live_ranks_of_this_host_only():
     assert [k for k in smp if k[0] == "pspnet_process_cpu_seconds_total"] == [
         k for k in smp if k[0] == "pspnet_process_cpu_seconds_total" and ("rank", "0") in k[1]]
     assert value(smp, "pspnet_up", rank="1") == 1 and value(smp, "pspnet_up", rank="4") == 0
+
+
+def test_launcher_process_table_decides_up_for_its_hosts_and_recency_for_others():
+    now = 100.0
+    devs = {0: device(0, host="a", last_event_ts=now), 1: device(1, host="a", last_event_ts=now),
+            2: device(2, host="b", last_event_ts=now), 3: device(3, host="b", last_event_ts=now - 1000)}
+    procs = {0: {"pid": 5, "cpu_seconds": 1.0, "rss_bytes": 1.0}}          # rank 1's process on host a is gone
+    c = PspnetCollector(lambda: [JobSummary(job="j", devices=devs)], process_stats=lambda: procs,
+                        stale_after_s=300, clock=lambda: now)
+    smp = samples(TextRenderer().render(c.families()))
+    assert [value(smp, "pspnet_up", rank=str(r)) for r in range(4)] == [1, 0, 1, 0]
+    procs.clear()                                                            # every local rank ended
+    smp = samples(TextRenderer().render(c.families()))
+    assert value(smp, "pspnet_up", rank="0") == 0 and value(smp, "pspnet_up", rank="2") == 1
