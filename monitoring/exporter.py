@@ -194,20 +194,31 @@ def device_label(dev: DeviceState) -> str:
     return f"rank {dev.rank}" + (f" (dev {dev.device})" if dev.device is not None else "")
 
 
-def align(series: List[List[tuple]]) -> Dict[str, Any]:
-    """Align several ``[(x, y), ...]`` series on the union of their x values (None where a series has none).
+def align(series: List[List[tuple]], max_points: int = 300) -> Dict[str, Any]:
+    """Align several ``[(x, y), ...]`` series on one x axis (None where a series has no point).
 
-    Entries without an x (text-log records) get their index in their series as x.
+    Entries without an x (text-log records) get their index in their series as x.  When the union
+    of x values is larger than ``max_points`` (many devices, each stepping at slightly different
+    times), x is rounded to buckets of ``span / max_points`` and each series keeps its last value
+    per bucket, so the chart data stays small whatever the number of devices.
     """
-    cleaned = []
+    pts_list = []
     for s in series:
         pts = []
         for i, e in enumerate(s):
             x, y = e[0], e[1]
             if not isinstance(x, (int, float)):
                 x = i
-            pts.append((round(float(x), 6), _clean(y)))
-        cleaned.append(dict(pts))
+            pts.append((float(x), _clean(y)))
+        pts_list.append(pts)
+    xs_all = {x for pts in pts_list for x, _ in pts}
+    if len(xs_all) > max_points:
+        lo, hi = min(xs_all), max(xs_all)
+        width = (hi - lo) / max_points or 1.0
+        pts_list = [[(round(lo + width * math.floor((x - lo) / width), 6), y) for x, y in pts] for pts in pts_list]
+    else:
+        pts_list = [[(round(x, 6), y) for x, y in pts] for pts in pts_list]
+    cleaned = [dict(pts) for pts in pts_list]
     xs = sorted(set().union(*[c.keys() for c in cleaned])) if cleaned else []
     return {"x": xs, "y": [[c.get(x) for x in xs] for c in cleaned]}
 

@@ -444,3 +444,13 @@ def test_launcher_process_table_decides_up_for_its_hosts_and_recency_for_others(
     procs.clear()                                                            # every local rank ended
     smp = samples(TextRenderer().render(c.families()))
     assert value(smp, "pspnet_up", rank="0") == 0 and value(smp, "pspnet_up", rank="2") == 1
+
+
+def test_align_buckets_many_distinct_times_to_a_bounded_axis():
+    # 8 devices x 120 steps, each device a few ms off the others: 960 distinct times
+    series = [[(1000.0 + 0.5 * i + 0.003 * r, 0.5 + r) for i in range(120)] for r in range(8)]
+    out = align(series, max_points=300)
+    assert len(out["x"]) <= 301 and out["x"] == sorted(out["x"])
+    for r in range(8):
+        ys = [y for y in out["y"][r] if y is not None]
+        assert len(ys) == 120 and set(ys) == {0.5 + r}      # no step lost: buckets are finer than a step
