@@ -181,6 +181,7 @@ _STEP_TAG = b'"event":"step"'
 _NONSTEP_RE = re.compile(rb'"event":"(?!step")')
 _STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
 _LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
+_TS_RE = re.compile(rb'"ts":([^,}\s]*)')
 FAST_MIN_BYTES = 16 << 10     # smaller chunks go line by line (the fixed costs would dominate)
 
 
@@ -408,10 +409,15 @@ class Aggregator:
         # step statistics of the whole chunk, then the last step's fields
         d.add_times(t)
         d.loss_series.add_many(lv[np.isfinite(lv)])
-        tail = self._tail_steps(data, last_at)
         steps_before = d.state.steps_seen
-        for ev in tail:
-            self._step_fields(d, ev)
+        k = min(RECENT, n_step) - 1                 # recent history: the k steps before the last one
+        if k > 0:
+            ts = self._tail_ts(data, last_at, k)
+            for when, st, loss in zip(ts, t[-k - 1:-1].tolist(), lv[-k - 1:-1].tolist()):
+                if math.isfinite(st):
+                    d.recent_steps.append((when, st))
+                if math.isfinite(loss):
+                    d.recent_loss.append((when, loss))
         self._step_fields(d, last_ev)
         d.state.steps_seen = steps_before + n_step
         for p, ev in other_evs:
@@ -420,22 +426,32 @@ class Aggregator:
         self.fast_chunks += 1
         return n_lines
 
-    def _tail_steps(self, data: bytes, last_at: int) -> List[Dict[str, Any]]:
-        """Up to RECENT-1 step events before the last step line (for the recent histories)."""
-        out: List[Dict[str, Any]] = []
-        end = data.rfind(b"\n", 0, last_at)
-        for _ in range(4 * RECENT):
-            if end < 0 or len(out) >= RECENT - 1:
+    def _tail_ts(self, data: bytes, last_at: int, k: int) -> List[Optional[float]]:
+        """The ``ts`` of the k step lines before the last step line, oldest first (None where unreadable)."""
+        last_start = data.rfind(b"\n", 0, last_at) + 1
+        start = last_start
+        for _ in range(k):                       # common case: the k lines before are all step lines
+            if start == 0:
                 break
+            start = data.rfind(b"\n", 0, start - 1) + 1
+        region = data[start:last_start]
+        stamps = _TS_RE.findall(region)
+        if len(stamps) == k and region.count(_STEP_TAG) == k and region.count(b"\n") == k:
+            try:
+                return [float(x) for x in stamps]
+            except ValueError:
+                pass
+        out: List[Optional[float]] = []
+        end = last_start - 1
+        while end >= 0 and len(out) < k:
             start = data.rfind(b"\n", 0, end) + 1
             line = data[start:end]
             if _STEP_TAG in line:
-                ev = parse_line(line)
-                if ev is not None:
-                    out.append(ev)
+                m = _TS_RE.search(line)
+                out.append(_to_float(m.group(1)) if m else None)
             end = start - 1
         out.reverse()
-        return out
+        return [None] * (k - len(out)) + out
 
     def feed_text(self, rec: Any) -> None:
         """Apply one TextRecord (monitoring.textlog) whose ``rank`` is set."""

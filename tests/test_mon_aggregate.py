@@ -162,9 +162,10 @@ def _fields(s):
     return out
 
 
-@pytest.mark.parametrize("garble", [False, True])
-def test_fast_chunk_path_equals_line_by_line(garble):
-    lines = list(step_lines(3, 2500, steps_per_epoch=700))
+@pytest.mark.parametrize("garble, n", [(False, 2500), (True, 2500), (False, 2150)])
+def test_fast_chunk_path_equals_line_by_line(garble, n):
+    # n=2150: an epoch event among the last lines (the recent history then skips it)
+    lines = list(step_lines(3, n, steps_per_epoch=700))
     if garble:
         lines.insert(100, '{"v":1,"event":"step","rank":3,"step_time_s":\n')   # torn line
         lines.insert(200, "garbage\n")
@@ -185,7 +186,8 @@ def test_fast_chunk_path_equals_line_by_line(garble):
             assert va == pytest.approx(vb), key
         else:
             assert va == vb, key
-    assert a[3]["steps_seen"] == 2500 - 3      # epoch events after steps 700, 1400, 2100
+    assert a[3]["steps_seen"] == n - 3      # epoch events after steps 700, 1400, 2100
+    assert len(a[3]["step_time_history"]) == 120
     assert fast.series(3)["step_time_s"] == pytest.approx(slow.series(3)["step_time_s"])
 
 
