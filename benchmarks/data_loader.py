@@ -47,7 +47,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pspnet-bench-data-") as tmp:
         synth.generate(tmp, images=args.images, size=(w, h), log=None)
         base = {"data_root": tmp, "crop_size": str(args.crop), "batch_size": str(args.batch),
-                "max_steps_per_epoch": "0"}
+                "max_steps_per_epoch": "0", "synthesize_if_missing": "false"}
         print(f"train_batches, crop {args.crop}, batch {args.batch}, images {w}x{h}, "
               f"{os.cpu_count()} CPU cores; median of {args.epochs} epochs")
         results = []

@@ -127,6 +127,7 @@ def test_ensure_dataset_fills_an_empty_dir_and_notes_a_size_mismatch(tmp_path):
     assert synth.ensure_dataset(_cfg(root), log=lines.append) == root
     assert (root / "train.txt").is_file() and lines == []
     synth.ensure_dataset(_cfg(root, synth_images=10), log=lines.append)
+    synth.ensure_dataset(_cfg(root, synth_images=10), log=lines.append)     # said once, not every call
     assert len(lines) == 1 and "already holds a generated set of 6 images; synth_images=10 is ignored" in lines[0]
 
 

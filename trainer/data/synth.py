@@ -200,7 +200,14 @@ def _complete(root: Path, lists: Sequence[str]) -> bool:
     return all((root / name).is_file() for name in lists)
 
 
+_NOTED: set = set()
+
+
 def _note_size_mismatch(root: Path, wanted: int, log: Callable[[str], None]) -> None:
+    """Say once per process and root when a cached generated set has another size than asked for."""
+    if (str(root), wanted) in _NOTED:
+        return
+    _NOTED.add((str(root), wanted))
     try:
         made = json.loads((root / META).read_text()).get("images")
     except (OSError, ValueError, AttributeError):
