@@ -479,7 +479,6 @@ class Aggregator:
             s.steps_seen += 1
             s.epoch = fields.get("epoch") or s.epoch
             s.step = fields.get("step") or s.step
-            s.global_step += 1
             if fields.get("loss") is not None:
                 s.loss = fields["loss"]
                 d.pending_loss.append(fields["loss"])

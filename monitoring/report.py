@@ -16,6 +16,7 @@ at the end of a job; ``pspnet-cluster report JOB_DIR`` does the same by hand.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -42,8 +43,19 @@ def write_report(job_dir: Any, out_dir: Optional[Any] = None, now: Optional[floa
     plots = make_plots(summary, series, out)
     md = summary_markdown(summary, plots)
     path = out / "summary.md"
-    atomic_write_bytes(path, md.encode("utf-8"))
+    _write(path, md.encode("utf-8"))
     return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write, then the usual permissions (the temp file behind the atomic write is private)."""
+    atomic_write_bytes(path, data)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
 
 
 def _label(summary: JobSummary, rank: int) -> str:
@@ -63,7 +75,7 @@ def make_plots(summary: JobSummary, series: Dict[int, Dict[str, list]], out: Pat
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        atomic_write_bytes(out / name, buf.getvalue())
+        _write(out / name, buf.getvalue())
         written.append(name)
 
     # step time per device (whole run, downsampled); text logs give one mean per epoch
