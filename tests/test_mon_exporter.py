@@ -454,3 +454,41 @@ def test_align_buckets_many_distinct_times_to_a_bounded_axis():
     for r in range(8):
         ys = [y for y in out["y"][r] if y is not None]
         assert len(ys) == 120 and set(ys) == {0.5 + r}      # no step lost: buckets are finer than a step
+
+
+# ------------------------------------------------------------------ property: any state renders, identically
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_floats = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10 ** 12, 10 ** 12))
+_text = st.text(max_size=12)
+
+
+@st.composite
+def _jobs(draw):
+    jobs = []
+    for j in range(draw(st.integers(1, 2))):
+        name = draw(_text)
+        devs = {}
+        for r in draw(st.lists(st.integers(0, 50), max_size=4, unique=True)):
+            hist = [(draw(st.one_of(st.none(), st.floats(0, 1e9))), draw(_floats)) for _ in range(draw(st.integers(0, 3)))]
+            devs[r] = DeviceState(job=name, rank=r, device=draw(st.one_of(st.none(), st.integers(0, 15))), host=draw(_text),
+                                  state=draw(st.sampled_from(["running", "failed", "weird", ""])),
+                                  step_time_s=draw(_floats), loss=draw(_floats), miou=draw(_floats),
+                                  images_per_s=draw(_floats), epoch=draw(st.integers(0, 5)),
+                                  last_event_ts=draw(st.one_of(st.none(), st.floats(0, 2e9))),
+                                  straggler=draw(st.booleans()), step_time_history=hist)
+        jobs.append(JobSummary(job=name, state=draw(st.sampled_from(["running", "odd"])), devices=devs,
+                               restarts=draw(st.integers(0, 5)), total_images_per_s=draw(_floats)))
+    return jobs
+
+
+@settings(max_examples=60, deadline=None)
+@given(_jobs())
+def test_any_state_renders_to_valid_text_identical_to_generate_latest(jobs):
+    c = PspnetCollector(lambda: jobs, clock=lambda: 1e9, host="h")
+    reg = CollectorRegistry()
+    reg.register(c)
+    expected = generate_latest(reg)
+    assert TextRenderer().render(c.families()) == expected
+    list(text_string_to_metric_families(expected.decode()))      # parses back
