@@ -152,3 +152,33 @@ def test_generates_missing_set_and_rejects_too_small_worlds(tmp_path):
     assert (tmp_path / "fresh" / "train.txt").is_file()
     with pytest.raises(DataError, match="4 training samples are too few for 3 ranks x batch_size 2"):
         loader.steps_per_epoch(cfg, 3)
+
+
+def test_shard_arithmetic_for_any_list_size(monkeypatch):
+    """For any list size, world size, batch and cap: train shards are disjoint and full, val shards partition."""
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=150, deadline=None)
+    @given(n=st.integers(1, 300), world=st.integers(1, 8), batch=st.integers(1, 5), cap=st.integers(0, 4),
+           epoch=st.integers(1, 50))
+    def check(n, world, batch, cap, epoch):
+        monkeypatch.setattr(loader, "samples", lambda cfg, split: [None] * n)
+        cfg = {"batch_size": batch, "batch_size_val": batch, "max_steps_per_epoch": cap, "seed": 3,
+               "train_list": "train.txt"}
+        if (n // world) // batch < 1:
+            with pytest.raises(DataError, match="too few"):
+                loader.steps_per_epoch(cfg, world)
+        else:
+            steps = loader.steps_per_epoch(cfg, world)
+            assert steps == (min((n // world) // batch, cap) if cap else (n // world) // batch)
+            shards = [loader.train_indices(cfg, r, world, epoch).tolist() for r in range(world)]
+            assert all(len(s) == steps * batch for s in shards)
+            flat = sum(shards, [])
+            assert len(set(flat)) == len(flat) and all(0 <= i < n for i in flat)
+        vsteps = loader.val_steps(cfg, world)
+        val = [loader.val_indices(cfg, r, world).tolist() for r in range(world)]
+        assert sorted(sum(val, [])) == list(range(n))
+        assert all(len(v) <= vsteps * batch for v in val)
+        assert any(len(v) > (vsteps - 1) * batch for v in val)   # no rank gets a batch too many
+
+    check()
