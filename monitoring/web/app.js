@@ -114,7 +114,8 @@
     $("job-restarts").textContent = job.restarts;
     $("job-devices").textContent = job.devices.length;
     $("job-ips").textContent = fmt(job.total_images_per_s, 1);
-    $("job-stragglers").textContent = job.stragglers.length ? job.stragglers.join(", ") : "none";
+    $("job-stragglers").textContent = job.stragglers.length ?
+      job.stragglers.map(function (r) { return "rank " + r; }).join(", ") : "none";
     document.body.dataset.jobState = job.state;
     var maxStep = 0;
     job.devices.forEach(function (d) { maxStep = Math.max(maxStep, d.global_step || 0); });
