@@ -143,7 +143,12 @@ class LocalProcessStats:
 # ------------------------------------------------------------------ npu-smi
 
 class CachedReader:
-    """Calls ``reader()`` at most every ``ttl_s`` seconds; remembers a None (npu-smi absent) for good."""
+    """Serves ``reader()``'s last result; refreshes it in a background thread once ``ttl_s`` old.
+
+    Only the first call waits for ``reader()``; later calls never block a scrape (npu-smi takes
+    up to a second on a busy host).  A None (npu-smi absent) is remembered for good; a reader that
+    raises keeps the previous value and the error in ``last_error``.
+    """
 
     def __init__(self, reader: Callable[[], Any], ttl_s: float = 10.0) -> None:
         self.reader = reader
@@ -151,18 +156,38 @@ class CachedReader:
         self._value: Any = None
         self._at = -math.inf
         self._absent = False
+        self._refreshing = False
         self._lock = threading.Lock()
+        self.last_error: Optional[str] = None
+
+    def _refresh(self) -> None:
+        try:
+            value = self.reader()
+            with self._lock:
+                self._value = value
+                if value is None:
+                    self._absent = True
+        except Exception as exc:  # noqa: BLE001 - keep the previous value
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._at = time.monotonic()
+                self._refreshing = False
 
     def __call__(self) -> Any:
-        if self._absent:
-            return None
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl_s:
-                self._value = self.reader()
-                self._at = time.monotonic()
-                if self._value is None:
-                    self._absent = True
-            return self._value
+            if self._absent:
+                return None
+            first = self._at == -math.inf and not self._refreshing
+            stale = time.monotonic() - self._at >= self.ttl_s and not self._refreshing
+            if first or stale:
+                self._refreshing = True
+        if first:
+            self._refresh()
+        elif stale:
+            threading.Thread(target=self._refresh, name="pspnet-npu-smi", daemon=True).start()
+        with self._lock:
+            return None if self._absent else self._value
 
 
 def default_npu_reader() -> Optional[Callable[[], Any]]:

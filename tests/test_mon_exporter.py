@@ -249,6 +249,28 @@ def test_cached_reader_calls_at_most_once_per_ttl_and_remembers_absence():
     assert absent() is None and absent() is None and calls.count(2) == 1
 
 
+def test_cached_reader_refreshes_in_the_background_without_blocking():
+    import threading
+    gate = threading.Event()
+    values = iter([["first"], ["second"]])
+
+    def reader():
+        v = next(values)
+        if v == ["second"]:
+            gate.wait(10)          # a slow npu-smi
+        return v
+    r = CachedReader(reader, ttl_s=0)
+    assert r() == ["first"]        # the first call waits for the reader
+    t0 = time.monotonic()
+    assert r() == ["first"]        # stale: refresh started, old value served at once
+    assert time.monotonic() - t0 < 5
+    gate.set()
+    deadline = time.monotonic() + 10
+    while r() != ["second"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r() == ["second"]       # later refreshes fail (the reader is exhausted): the last value stays
+
+
 # ------------------------------------------------------------------ JSON for the dashboard
 
 def test_align_puts_series_on_one_x_axis_with_gaps():
