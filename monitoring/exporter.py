@@ -110,7 +110,7 @@ class LocalProcessStats:
     def __init__(self, summaries: Callable[[], List[JobSummary]], hostnames: Optional[Sequence[str]] = None) -> None:
         import socket
         self.summaries = summaries
-        names = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+        names = {socket.gethostname(), "localhost", "127.0.0.1"}   # no getfqdn: it may wait on DNS
         self.hostnames = set(hostnames) if hostnames is not None else names
         self._procs: Dict[int, Any] = {}
 
