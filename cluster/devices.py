@@ -113,6 +113,9 @@ class Server:
 
 # ------------------------------------------------------------------ visible-device lists
 
+#: the largest device (or core) id a list may name; guards against "0-99999999999" eating the memory
+MAX_ID = 65535
+
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
 
 
@@ -153,6 +156,8 @@ def parse_visible_devices(spec: Any, available: Optional[Sequence[int]] = None,
             raise DeviceListError(f"device ids are not negative: {part.strip()!r}", source)
         if hi < lo:
             raise DeviceListError(f"reversed range {part.strip()!r}; write {hi}-{lo}", source)
+        if hi > MAX_ID:
+            raise DeviceListError(f"device id {hi} is too large (at most {MAX_ID})", source)
         ids.extend(range(lo, hi + 1))
     if not ids:
         raise DeviceListError("empty device list; give a count (8) or ids (0-3,6)", source)
@@ -163,20 +168,26 @@ def parse_visible_devices(spec: Any, available: Optional[Sequence[int]] = None,
             dups.append(i)
         seen.add(i)
     if dups:
-        raise DeviceListError(f"device id(s) listed twice: {','.join(map(str, dups))}", source)
+        raise DeviceListError(f"device id(s) listed twice: {_clip(_fmt_ids(sorted(dups)))}", source)
     if available is not None:
         known = set(available)
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise DeviceListError(
-                f"unknown device id(s) {','.join(map(str, unknown))}; this server has "
-                f"{_fmt_ids(sorted(known)) or 'no devices'}", source)
+                f"unknown device id(s) {_clip(_fmt_ids(sorted(unknown)))}; this server has "
+                f"{_clip(_fmt_ids(sorted(known))) or 'no devices'}", source)
     return ids
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _count(n: int, available: Optional[Sequence[int]], source: str) -> List[int]:
     if n <= 0:
         raise DeviceListError(f"device count must be at least 1, got {n}", source)
+    if n > MAX_ID + 1:
+        raise DeviceListError(f"device count {n} is too large (at most {MAX_ID + 1})", source)
     if available is None:
         return list(range(n))
     avail = list(available)
@@ -219,6 +230,8 @@ def cpu_server(count: Optional[int] = None, server_id: str = "127.0.0.1",
                visible: Any = None) -> Server:
     """CPU backend: logical slots 0..N-1 (N = ``count`` or the CPU count); ``visible`` selects some."""
     n = count if count is not None else (os.cpu_count() or 1)
+    if n < 1 or n > MAX_ID + 1:
+        raise DeviceListError(f"CPU slot count must be 1..{MAX_ID + 1}, got {n}", "--devices")
     if visible is not None and count is None:
         # `--devices 8` on a CPU host means 8 slots, whatever the core count
         ids = parse_visible_devices(visible, None)

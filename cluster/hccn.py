@@ -52,14 +52,18 @@ class HccnDevice:
     lines: Dict[str, int] = field(default_factory=dict)   # key -> line number, for messages
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def check_ipv4(text: str) -> Optional[str]:
     """None when ``text`` is a dotted-quad IPv4 address, else a message saying what is wrong."""
+    if _IPV4.fullmatch(text):
+        return None
     parts = text.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and p.isascii() and len(p) <= 3 for p in parts):
-        return f"{text!r} is not an IPv4 address (like 192.168.100.101)"
-    if any(int(p) > 255 for p in parts):
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3 for p in parts):
         return f"{text!r} is not an IPv4 address (a part is above 255)"
-    return None
+    return f"{text!r} is not an IPv4 address (like 192.168.100.101)"
 
 
 def parse_hccn_conf(text: str, source: str = DEFAULT_HCCN_CONF) -> Dict[int, HccnDevice]:

@@ -47,7 +47,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from cluster.devices import ClusterInputError, Device, Server
-from cluster.hccn import check_ipv4
+from cluster.hccn import _IPV4, check_ipv4
+
+_IP_OK = _IPV4.fullmatch
 
 FORMATS = ("1.0", "1.2")
 RULES = ("auto", "910", "a3", "none")
@@ -76,72 +78,85 @@ def _rules_for(version: str, rules: str) -> str:
     return rules
 
 
-def _where(i: int, server: Server) -> str:
-    return f"server_list[{i}] (server {server.server_id})"
+# A server as the validator sees it: (server_id, host_ip, super_pod_id, [(device_id, device_ip, super_device_id)])
+_Row = tuple
+
+
+def _rows(servers: Sequence[Server]) -> List[_Row]:
+    return [(s.server_id, s.host_ip, s.super_pod_id, [(d.device_id, d.ip, d.super_device_id) for d in s.devices])
+            for s in servers]
 
 
 def validate_servers(servers: Sequence[Server], version: str = "1.0", rules: str = "auto",
                      source: str = "rank table") -> None:
+    _validate_rows(_rows(servers), version, rules, source)
+
+
+def _validate_rows(rows: List[_Row], version: str, rules: str, source: str) -> None:
     if version not in FORMATS:
         raise RankTableError(f"unknown rank table format {version!r}; use 1.0 or 1.2", source)
     rules = _rules_for(version, rules)
-    servers = list(servers)
-    if not servers:
+    if not rows:
         raise RankTableError("no servers", source)
     seen_server: Dict[str, int] = {}
-    seen_ip: Dict[str, str] = {}
-    seen_sdid: Dict[tuple, str] = {}
-    count0 = len(servers[0].devices)
-    for i, s in enumerate(servers):
-        where = _where(i, s)
-        if not isinstance(s.server_id, str) or not s.server_id.strip():
+    seen_ip: Dict[str, tuple] = {}
+    seen_sdid: Dict[tuple, tuple] = {}
+    count0 = len(rows[0][3])
+    is_12 = version == "1.2"
+    for i, (sid, host_ip, pod, devices) in enumerate(rows):
+        if not isinstance(sid, str) or not sid.strip():
             raise RankTableError(f"server_list[{i}]: empty server_id", source)
-        if s.server_id in seen_server:
-            raise RankTableError(f"{where}: server_id also used by server_list[{seen_server[s.server_id]}]",
-                                 source)
-        seen_server[s.server_id] = i
-        if not s.devices:
+        where = f"server_list[{i}] (server {sid})"
+        if sid in seen_server:
+            raise RankTableError(f"{where}: server_id also used by server_list[{seen_server[sid]}]", source)
+        seen_server[sid] = i
+        if not devices:
             raise RankTableError(f"{where}: no devices", source)
-        if len(s.devices) != count0:
+        if len(devices) != count0:
             raise RankTableError(
-                f"{where}: has {len(s.devices)} devices but server_list[0] (server {servers[0].server_id}) "
+                f"{where}: has {len(devices)} devices but server_list[0] (server {rows[0][0]}) "
                 f"has {count0}; every server of a job must use the same number of devices", source)
-        if version == "1.2" and s.host_ip is not None:
-            err = check_ipv4(str(s.host_ip))
+        if is_12 and host_ip is not None:
+            err = check_ipv4(str(host_ip))
             if err:
                 raise RankTableError(f"{where}: host_ip: {err}", source)
         ids: Dict[int, int] = {}
-        for j, d in enumerate(s.devices):
-            dwhere = f"{where} device[{j}] (device {d.device_id})"
-            if not isinstance(d.device_id, int) or isinstance(d.device_id, bool) or d.device_id < 0:
-                raise RankTableError(f"{dwhere}: device_id must be a non-negative integer", source)
-            if d.device_id in ids:
-                raise RankTableError(f"{where}: device {d.device_id} listed twice (device[{ids[d.device_id]}] "
-                                     f"and device[{j}])", source)
-            ids[d.device_id] = j
-            if not d.ip:
+        for j, (dev, ip, sdid) in enumerate(devices):
+            if type(dev) is not int or dev < 0:
+                raise RankTableError(f"{where} device[{j}] (device {dev}): device_id must be a non-negative "
+                                     f"integer", source)
+            if dev in ids:
+                raise RankTableError(f"{where}: device {dev} listed twice (device[{ids[dev]}] and device[{j}])",
+                                     source)
+            ids[dev] = j
+            if not ip:
                 raise RankTableError(
-                    f"{dwhere}: no device IP; give it in hccn.conf (address_{d.device_id}=...), "
+                    f"{where} device[{j}] (device {dev}): no device IP; give it in hccn.conf (address_{dev}=...), "
                     f"through hccn_tool, or explicitly (--ips)", source)
-            err = check_ipv4(str(d.ip))
-            if err:
-                raise RankTableError(f"{dwhere}: device_ip: {err}", source)
-            if d.ip in seen_ip:
-                raise RankTableError(f"{dwhere}: device_ip {d.ip} already used by {seen_ip[d.ip]}", source)
-            seen_ip[d.ip] = f"server {s.server_id} device {d.device_id}"
-            if version == "1.2":
-                if d.super_device_id is None:
+            if type(ip) is not str or not _IP_OK(ip):
+                raise RankTableError(f"{where} device[{j}] (device {dev}): device_ip: {check_ipv4(str(ip))}",
+                                     source)
+            if ip in seen_ip:
+                other = seen_ip[ip]
+                raise RankTableError(f"{where} device[{j}] (device {dev}): device_ip {ip} already used by "
+                                     f"server {other[0]} device {other[1]}", source)
+            seen_ip[ip] = (sid, dev)
+            if is_12:
+                if sdid is None:
                     raise RankTableError(
-                        f"{dwhere}: no super_device_id (format 1.2 needs it: `npu-smi info -t spod-info "
-                        f"-i NPU -c CHIP` shows it as SDID; give it with --super-device-ids or in the hosts "
-                        f"file)", source)
-                if not isinstance(d.super_device_id, int) or d.super_device_id < 0:
-                    raise RankTableError(f"{dwhere}: super_device_id must be a non-negative integer", source)
-                key = (s.super_pod_id or "0", d.super_device_id)
+                        f"{where} device[{j}] (device {dev}): no super_device_id (format 1.2 needs it: "
+                        f"`npu-smi info -t spod-info -i NPU -c CHIP` shows it as SDID; give it with "
+                        f"--super-device-ids or in the hosts file)", source)
+                if type(sdid) is not int or sdid < 0:
+                    raise RankTableError(f"{where} device[{j}] (device {dev}): super_device_id must be a "
+                                         f"non-negative integer", source)
+                key = (pod or "0", sdid)
                 if key in seen_sdid:
-                    raise RankTableError(f"{dwhere}: super_device_id {d.super_device_id} already used by "
-                                         f"{seen_sdid[key]} in super pod {key[0]}", source)
-                seen_sdid[key] = f"server {s.server_id} device {d.device_id}"
+                    other = seen_sdid[key]
+                    raise RankTableError(f"{where} device[{j}] (device {dev}): super_device_id {sdid} already "
+                                         f"used by server {other[0]} device {other[1]} in super pod {key[0]}",
+                                         source)
+                seen_sdid[key] = (sid, dev)
         _check_card_rules(where, sorted(ids), rules, source)
 
 
@@ -211,7 +226,51 @@ def build_rank_table(servers: Sequence[Server], version: str = "1.0", rules: str
 
 
 def rank_table_json(table: Dict[str, Any]) -> str:
-    return json.dumps(table, indent=4) + "\n"
+    """The table as JSON text, byte for byte what ``json.dumps(table, indent=4)`` gives (the layout
+    hccl_tools writes) plus a newline; written directly because the json module's indented encoder is
+    pure Python and several times slower on a 4096-rank table."""
+    parts: List[str] = []
+    _emit(table, "\n", parts)
+    parts.append("\n")
+    return "".join(parts)
+
+
+_q = json.encoder.encode_basestring_ascii   # what json.dumps uses for strings (ensure_ascii=True)
+
+
+def _emit(obj: Any, nl: str, out: List[str]) -> None:
+    if type(obj) is str:
+        out.append(_q(obj))
+    elif isinstance(obj, dict):
+        if not obj:
+            out.append("{}")
+            return
+        inner = nl + "    "
+        if all(type(v) is str for v in obj.values()) and all(type(k) is str for k in obj):
+            out.append("{" + inner + ("," + inner).join(_q(k) + ": " + _q(v) for k, v in obj.items()) + nl + "}")
+            return
+        out.append("{")
+        first = True
+        for k, v in obj.items():
+            out.append(inner if first else "," + inner)
+            first = False
+            out.append(json.dumps(k if isinstance(k, str) else str(k)) + ": ")
+            _emit(v, inner, out)
+        out.append(nl + "}")
+    elif isinstance(obj, (list, tuple)):
+        if not obj:
+            out.append("[]")
+            return
+        inner = nl + "    "
+        out.append("[")
+        first = True
+        for v in obj:
+            out.append(inner if first else "," + inner)
+            first = False
+            _emit(v, inner, out)
+        out.append(nl + "]")
+    else:
+        out.append(json.dumps(obj))
 
 
 def write_rank_table(path: Any, table: Dict[str, Any]) -> None:
@@ -245,7 +304,7 @@ def _int_str(obj: Dict[str, Any], key: str, where: str, source: str) -> int:
 
 
 def _parse_table(table: Any, source: str):
-    """-> (version, servers, rank ids per device in order)."""
+    """-> (version, rows, rank ids per device in order); checks fields and types only."""
     if not isinstance(table, dict):
         raise RankTableError("a rank table is a JSON object", source)
     version = _str(table, "version", "rank table", source)
@@ -260,8 +319,9 @@ def _parse_table(table: Any, source: str):
         raise RankTableError("server_list: must be a list", source)
     if count != len(slist):
         raise RankTableError(f"server_count: says {count} but server_list has {len(slist)} servers", source)
+    is_12 = version == "1.2"
     pod_of: Dict[str, str] = {}
-    if version == "1.2":
+    if is_12:
         pods = _need(table, "super_pod_list", "rank table", source)
         if not isinstance(pods, list):
             raise RankTableError("super_pod_list: must be a list", source)
@@ -281,7 +341,7 @@ def _parse_table(table: Any, source: str):
                     raise RankTableError(f"{pw}.server_list[{m}]: server {sid} is already in super pod "
                                          f"{pod_of[sid]}", source)
                 pod_of[sid] = pid
-    servers: List[Server] = []
+    rows: List[_Row] = []
     ranks: List[int] = []
     for i, s in enumerate(slist):
         where = f"server_list[{i}]"
@@ -289,58 +349,62 @@ def _parse_table(table: Any, source: str):
             raise RankTableError(f"{where}: must be an object", source)
         sid = _str(s, "server_id", where, source)
         host_ip = _str(s, "host_ip", where, source) if "host_ip" in s else None
-        if version == "1.0" and "host_nic_ip" in s:
+        if "host_nic_ip" in s:
             _str(s, "host_nic_ip", where, source)
         devs = _need(s, "device", where, source)
         if not isinstance(devs, list):
             raise RankTableError(f"{where}.device: must be a list", source)
         devices = []
         for j, d in enumerate(devs):
+            if type(d) is dict and type(d.get("device_id")) is str and type(d.get("device_ip")) is str \
+                    and type(d.get("rank_id")) is str and d["device_id"].isdigit() and d["rank_id"].isdigit() \
+                    and d["device_id"].isascii() and d["rank_id"].isascii() and not is_12 \
+                    and "super_device_id" not in d:
+                # the common case, checked without building messages
+                devices.append((int(d["device_id"]), d["device_ip"], None))
+                ranks.append(int(d["rank_id"]))
+                continue
             dw = f"{where}.device[{j}]"
             if not isinstance(d, dict):
                 raise RankTableError(f"{dw}: must be an object", source)
             dev_id = _int_str(d, "device_id", dw, source)
             ip = _str(d, "device_ip", dw, source)
-            err = check_ipv4(ip)
-            if err:
-                raise RankTableError(f"{dw}.device_ip: {err}", source)
-            sdid = _int_str(d, "super_device_id", dw, source) if (version == "1.2" or "super_device_id" in d) \
-                else None
+            sdid = _int_str(d, "super_device_id", dw, source) if (is_12 or "super_device_id" in d) else None
             ranks.append(_int_str(d, "rank_id", dw, source))
-            devices.append(Device(device_id=dev_id, ip=ip, super_device_id=sdid))
-        if version == "1.2" and sid not in pod_of:
+            devices.append((dev_id, ip, sdid))
+        if is_12 and sid not in pod_of:
             raise RankTableError(f"{where}: server {sid} is in no super_pod_list entry", source)
-        servers.append(Server(server_id=sid, devices=tuple(devices), host_ip=host_ip,
-                              super_pod_id=pod_of.get(sid)))
-    if version == "1.2":
-        known = {s.server_id for s in servers}
+        rows.append((sid, host_ip, pod_of.get(sid), devices))
+    if is_12:
+        known = {r[0] for r in rows}
         extra = [sid for sid in pod_of if sid not in known]
         if extra:
             raise RankTableError(f"super_pod_list: server {extra[0]} is not in server_list", source)
-    return version, servers, ranks
+    return version, rows, ranks
 
 
 def validate_rank_table(table: Any, source: str = "rank table", rules: str = "auto") -> List[RankSlot]:
-    version, servers, ranks = _parse_table(table, source)
-    validate_servers(servers, version, rules, source)
-    seen: Dict[int, int] = {}
-    for k, r in enumerate(ranks):
-        if r in seen:
-            raise RankTableError(f"rank_id {r} given to two devices (ranks #{seen[r]} and #{k} in order)", source)
-        seen[r] = k
-    missing = sorted(set(range(len(ranks))) - set(ranks))
-    if missing:
-        raise RankTableError(f"rank ids must be 0..{len(ranks) - 1}; rank_id {missing[0]} is missing", source)
-    return _slots(servers, ranks)
+    version, rows, ranks = _parse_table(table, source)
+    _validate_rows(rows, version, rules, source)
+    n = len(ranks)
+    if len(set(ranks)) != n or (n and (min(ranks) != 0 or max(ranks) != n - 1)):
+        seen: Dict[int, int] = {}
+        for k, r in enumerate(ranks):
+            if r in seen:
+                raise RankTableError(f"rank_id {r} given to two devices (ranks #{seen[r]} and #{k} in order)",
+                                     source)
+            seen[r] = k
+        missing = sorted(set(range(n)) - set(ranks))
+        raise RankTableError(f"rank ids must be 0..{n - 1}; rank_id {missing[0]} is missing", source)
+    return _slots(rows, ranks)
 
 
-def _slots(servers: Sequence[Server], ranks: Sequence[int]) -> List[RankSlot]:
+def _slots(rows: Sequence[_Row], ranks: Sequence[int]) -> List[RankSlot]:
     out: List[RankSlot] = []
     k = 0
-    for si, s in enumerate(servers):
-        for local, d in enumerate(s.devices):
-            out.append(RankSlot(rank_id=ranks[k], server_id=s.server_id, server_index=si, local_rank=local,
-                                device_id=d.device_id, device_ip=str(d.ip), super_device_id=d.super_device_id))
+    for si, (sid, _host_ip, _pod, devices) in enumerate(rows):
+        for local, (dev, ip, sdid) in enumerate(devices):
+            out.append(RankSlot(ranks[k], sid, si, local, dev, ip, sdid))
             k += 1
     out.sort(key=lambda slot: slot.rank_id)
     return out
@@ -352,7 +416,10 @@ def rank_slots(table: Dict[str, Any]) -> List[RankSlot]:
 
 
 def servers_from_table(table: Dict[str, Any]) -> List[Server]:
-    return _parse_table(table, "rank table")[1]
+    _version, rows, _ranks = _parse_table(table, "rank table")
+    return [Server(server_id=sid, host_ip=host_ip, super_pod_id=pod,
+                   devices=tuple(Device(device_id=d, ip=ip, super_device_id=sdid) for d, ip, sdid in devices))
+            for sid, host_ip, pod, devices in rows]
 
 
 def load_rank_table(path: Any, rules: str = "auto") -> Dict[str, Any]:
