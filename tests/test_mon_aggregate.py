@@ -199,3 +199,28 @@ def test_chunks_of_several_ranks_fall_back_to_lines():
     assert sorted(s.devices) == [0, 1]
     assert s.devices[0].steps_seen == s.devices[1].steps_seen == 100
     assert s.devices[1].run_step_time_p50_s == pytest.approx(0.3, rel=0.03)
+
+
+def test_job_monitor_follows_growing_files_and_late_ranks(tmp_path):
+    root = tmp_path / "job"
+    (root / "events").mkdir(parents=True)
+    text0 = rank_events("job", 0, 2, epochs=1, steps_per_epoch=40, finish=True)
+    cut = text0.index("\n", len(text0) // 2) + 10          # in the middle of a line
+    (root / "events" / "rank_0.jsonl").write_text(text0[:cut])
+    mon = JobMonitor([root])
+    first = mon.poll()
+    s = mon.summary()
+    assert list(s.devices) == [0] and s.devices[0].state == "running"
+    seen = s.devices[0].steps_seen
+    assert 0 < seen < 40
+    assert mon.poll() == 0                                 # nothing new, nothing read
+    with open(root / "events" / "rank_0.jsonl", "a") as fh:
+        fh.write(text0[cut:])
+    (root / "events" / "rank_1.jsonl").write_text(rank_events("job", 1, 2, epochs=1, steps_per_epoch=40))
+    second = mon.poll()
+    assert first + second == len(text0.splitlines()) + len(rank_events("job", 1, 2, epochs=1,
+                                                                          steps_per_epoch=40).splitlines())
+    s = mon.summary()
+    assert sorted(s.devices) == [0, 1]
+    assert s.devices[0].steps_seen == 40 and s.devices[0].state == "finished"
+    assert s.devices[1].steps_seen == 40
