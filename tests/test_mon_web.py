@@ -122,6 +122,7 @@ class Browser:
 
 PAGE_STATE = """JSON.stringify((() => {
   const q = (s) => document.querySelector(s);
+  if (!document.body || !q("#step-chart") || !q("#devices tbody")) return null;   // still loading
   const chart = (id) => ({series: +q(id).dataset.seriesCount, points: +q(id).dataset.points,
                           labels: q(id).dataset.labels || "",
                           drawn: document.querySelectorAll(id + " .u-legend .u-series").length - 1,
