@@ -178,7 +178,7 @@ def _int(value: Any, default: Optional[int] = None) -> Optional[int]:
 
 # fast path: patterns over a whole chunk of one rank's event file
 _STEP_TAG = b'"event":"step"'
-_NONSTEP_RE = re.compile(rb'"event":"(?!step")')
+_EVENT_RE = re.compile(rb'"event":"([^"\n]*)"')
 _STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
 _LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
 _TS_RE = re.compile(rb'"ts":([^,}\s]*)')
@@ -372,15 +372,34 @@ class Aggregator:
         n_lines = int(nl.size)
         if nl[0] == 0 or not (buf[nl - 1] == 125).all() or not (buf[nl[:-1] + 1] == 123).all():
             return None
-        n_step = data.count(_STEP_TAG)
-        others = [m.start() for m in _NONSTEP_RE.finditer(data)]
-        if n_step + len(others) != n_lines or n_step < n_lines // 2:
+        names = _EVENT_RE.findall(data)                       # one event name per line
+        if len(names) != n_lines:
             return None
+        n_step = names.count(b"step")
+        if n_step < n_lines // 2:
+            return None
+        other_idx: List[int] = []
+        if n_step != n_lines:
+            for name in set(names):
+                if name != b"step":
+                    i = -1
+                    try:
+                        while True:
+                            i = names.index(name, i + 1)
+                            other_idx.append(i)
+                    except ValueError:
+                        pass
+            other_idx.sort()
+        starts = np.empty(n_lines, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = nl[:-1] + 1
+        others = [int(starts[i]) for i in other_idx]
         times = _STEP_TIME_RE.findall(data)
         losses = _LOSS_RE.findall(data)
         if len(times) != n_step or len(losses) != n_step:
             return None
-        last_at = data.rfind(_STEP_TAG)
+        last_idx = n_lines - 1 - names[::-1].index(b"step")
+        last_at = int(starts[last_idx])
         last_ev = parse_line(_line_at(data, last_at))
         if last_ev is None or last_ev.get("event") != "step":
             return None
@@ -401,6 +420,9 @@ class Aggregator:
             lv = np.array([_to_float(x) for x in losses], dtype=np.float64)
         # parse the other events now (they are few), apply in order around the last step line
         other_evs = [(p, parse_line(_line_at(data, p))) for p in others]
+        for (p, ev), i in zip(other_evs, other_idx):
+            if ev is None or ev.get("event") != names[i].decode("utf-8", "replace") or _int(ev.get("rank")) != rank:
+                return None                                   # not one plain event per line: go line by line
         d = self._dev(rank)
         d.flush()
         for p, ev in other_evs:
