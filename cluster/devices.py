@@ -269,7 +269,7 @@ def ascend_server(server_id: str, *, hccn_conf_text: Optional[str] = None,
     if not base:
         raise ClusterInputError(
             "no Ascend devices found: give an hccn.conf (--hccn-conf), an `npu-smi info` table "
-            "(--npu-smi) or device IPs (--ips)", server_id)
+            "(--npu-smi) or device IPs (--ips)", f"server {server_id}")
     ids = sorted(base)
     chosen = parse_visible_devices(visible if visible is not None else len(ids), ids)
     devices = []

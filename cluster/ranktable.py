@@ -43,6 +43,7 @@ Public API:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -50,6 +51,7 @@ from cluster.devices import ClusterInputError, Device, Server
 from cluster.hccn import _IPV4, check_ipv4
 
 _IP_OK = _IPV4.fullmatch
+_DIGITS = re.compile(r"[0-9]+").fullmatch
 
 FORMATS = ("1.0", "1.2")
 RULES = ("auto", "910", "a3", "none")
@@ -356,14 +358,16 @@ def _parse_table(table: Any, source: str):
             raise RankTableError(f"{where}.device: must be a list", source)
         devices = []
         for j, d in enumerate(devs):
-            if type(d) is dict and type(d.get("device_id")) is str and type(d.get("device_ip")) is str \
-                    and type(d.get("rank_id")) is str and d["device_id"].isdigit() and d["rank_id"].isdigit() \
-                    and d["device_id"].isascii() and d["rank_id"].isascii() and not is_12 \
-                    and "super_device_id" not in d:
+            if type(d) is dict:
                 # the common case, checked without building messages
-                devices.append((int(d["device_id"]), d["device_ip"], None))
-                ranks.append(int(d["rank_id"]))
-                continue
+                dev_s, ip, rank_s = d.get("device_id"), d.get("device_ip"), d.get("rank_id")
+                sd_s = d.get("super_device_id")
+                if type(dev_s) is str and type(ip) is str and type(rank_s) is str and _DIGITS(dev_s) \
+                        and _DIGITS(rank_s) and ("super_device_id" not in d if not is_12 else
+                                                 (type(sd_s) is str and _DIGITS(sd_s) is not None)):
+                    devices.append((int(dev_s), ip, None if sd_s is None else int(sd_s)))
+                    ranks.append(int(rank_s))
+                    continue
             dw = f"{where}.device[{j}]"
             if not isinstance(d, dict):
                 raise RankTableError(f"{dw}: must be an object", source)
