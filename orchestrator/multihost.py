@@ -199,7 +199,8 @@ class RemoteLauncher:
                  explicit_sched_port: bool = False, rank_table_path: Optional[str] = None) -> None:
         self.session = session
         self.grace = float(grace)
-        self.config = dict(config) if config else None
+        # keys with a leading underscore are the loader's notes (``_path``), not config values
+        self.config = {k: v for k, v in config.items() if not str(k).startswith("_")} if config else None
         self.explicit_sched_port = explicit_sched_port
         self.rank_table_path = rank_table_path
         self._prepared = False
