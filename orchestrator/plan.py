@@ -102,14 +102,14 @@ def validate_trainer_config(spec: JobSpec) -> Dict[str, Any]:
         raise PlanError(f"--config {spec.config}: `python -m trainer.config` printed no JSON") from None
 
 
-def resolve_command(spec: JobSpec) -> List[str]:
+def resolve_command(spec: JobSpec, backend: str = "cpu") -> List[str]:
     """The argv every rank runs: the trainer, or ``--cmd`` with ``python`` mapped to this interpreter."""
     if spec.uses_trainer:
         config = spec.config
         p = Path(os.path.expanduser(config))
         if not p.is_absolute() and (Path(spec.cwd) / p).is_file():
             config = str(Path(spec.cwd) / p)
-        return [sys.executable, "-m", "trainer.train", "--config", config, *spec.overrides]
+        return [sys.executable, "-m", "trainer.train", "--config", config, "--backend", backend, *spec.overrides]
     argv = list(spec.cmd or [])
     if not argv:
         raise PlanError("--cmd: empty command")
@@ -171,7 +171,7 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
             rank_table = build_rank_table(servers, version=spec.rank_table_format)
         except ClusterInputError as exc:
             raise PlanError(str(exc)) from None
-    base_argv = resolve_command(spec)
+    base_argv = resolve_command(spec, backend)
     plan = JobPlan(spec=spec, backend=backend, mode=mode, placements=placements, base_argv=base_argv,
                    rank_table=rank_table)
     bind = spec.bind_cores if spec.bind_cores is not None else (backend == "ascend")

@@ -158,7 +158,7 @@ def test_dry_run_prints_plan_and_starts_nothing(tmp_path):
     assert not jd.exists()
     res = cli("launch", "--devices", "2", "--dry-run", "--job-dir", jd, "--", "epochs=1")
     assert res.returncode == 0, res.stderr
-    assert "trainer.train --config smoke epochs=1" in res.stdout and "MS_ROLE=MS_SCHED" in res.stdout
+    assert "trainer.train --config smoke --backend cpu epochs=1" in res.stdout and "MS_ROLE=MS_SCHED" in res.stdout
     assert "config_sha" in res.stdout and not jd.exists()
 
 
