@@ -104,3 +104,16 @@ def test_binding_never_gives_an_empty_set(ranks, cores, reserve):
     if not plan.shared:   # an even split: sizes differ by at most one, every core used once
         sizes = [len(cs) for cs in plan.cores_by_rank.values()]
         assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(cores) - len(plan.reserved)
+
+
+_any_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=6)),
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=5), kids, max_size=4)),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_any_json)
+def test_rank_table_writer_is_json_dumps_indent_4(obj):
+    from cluster.ranktable import rank_table_json
+    assert rank_table_json(obj) == json.dumps(obj, indent=4) + "\n"
