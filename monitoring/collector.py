@@ -67,6 +67,7 @@ class StepTimeHistograms:
 
     def __init__(self, buckets: Sequence[float] = STEP_TIME_BUCKETS) -> None:
         self.bounds = tuple(float(b) for b in buckets)
+        self._les = tuple(_le(b) for b in self.bounds) + ("+Inf",)
         self._counts: Dict[Tuple[str, int], List[int]] = {}
         self._sums: Dict[Tuple[str, int], float] = {}
         self._last: Dict[Tuple[str, int], tuple] = {}
@@ -132,11 +133,9 @@ class StepTimeHistograms:
                 return None
             total = 0
             out = []
-            for bound, c in zip(self.bounds, counts):
+            for le, c in zip(self._les, counts):
                 total += c
-                out.append((_le(bound), total))
-            total += counts[-1]
-            out.append(("+Inf", total))
+                out.append((le, total))
             return out, self._sums[key]
 
 
@@ -207,6 +206,13 @@ def _go_float(d: float) -> str:
     return s
 
 
+def _count_str(c: Any) -> str:
+    """``_go_float(float(c))`` for a bucket count, fast for the usual small integers."""
+    if type(c) is int and 0 <= c < 1_000_000:
+        return f"{c}.0"
+    return _go_float(float(c))
+
+
 class TextRenderer:
     """Writes families in the Prometheus text format (0.0.4) with cached label strings."""
 
@@ -230,6 +236,15 @@ class TextRenderer:
             self._cache[key] = s
         return s
 
+    def _bucket_labelstrs(self, names: Tuple[str, ...], values: Tuple[str, ...], buckets: list) -> List[str]:
+        les = tuple(le for le, _ in buckets)
+        key = (names, values, les)
+        got = self._cache.get(key)
+        if got is None:
+            got = [self._labelstr(names, values, ("le", le)) for le in les]
+            self._cache[key] = got    # type: ignore[assignment]
+        return got                    # type: ignore[return-value]
+
     def render(self, families: Iterable[Family]) -> bytes:
         out: List[str] = []
         w = out.append
@@ -241,11 +256,12 @@ class TextRenderer:
             names = fam.labelnames
             if fam.type == "histogram":
                 bname, sname, cname = fam.name + "_bucket", fam.name + "_sum", fam.name + "_count"
+                bls = self._bucket_labelstrs
                 for values, buckets, total in fam.rows:
-                    for le, count in buckets:
-                        w(f"{bname}{ls(names, values, ('le', le))} {_go_float(float(count))}\n")
+                    for lstr, (_, count) in zip(bls(names, values, buckets), buckets):
+                        w(f"{bname}{lstr} {_count_str(count)}\n")
                     plain = ls(names, values)
-                    w(f"{cname}{plain} {_go_float(float(buckets[-1][1]))}\n{sname}{plain} {_go_float(float(total))}\n")
+                    w(f"{cname}{plain} {_count_str(buckets[-1][1])}\n{sname}{plain} {_go_float(float(total))}\n")
             else:
                 for values, v in fam.rows:
                     w(f"{mname}{ls(names, values)} {_go_float(v)}\n")
