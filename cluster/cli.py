@@ -219,9 +219,11 @@ def _ranktable(args: argparse.Namespace) -> int:
     if not args.output:
         raise ClusterInputError("say where to write the table: -o FILE (or -o - for stdout)", "ranktable")
     if args.hosts:
-        if args.hccn_conf or args.npu_smi or args.ips or args.server_id:
-            raise ClusterInputError("--hosts describes every server; drop --hccn-conf/--npu-smi/--ips/--server-id",
-                                    "ranktable")
+        if args.hccn_conf or args.npu_smi or args.ips or args.server_id or args.host_ip or args.super_pod_id \
+                or args.super_device_ids:
+            raise ClusterInputError("--hosts describes every server (hccn_conf, npu_smi, device_ips, server_id, "
+                                    "host_ip, super_pod_id, super_device_ids per host); drop --hccn-conf/--npu-smi/"
+                                    "--ips/--server-id/--host-ip/--super-pod-id/--super-device-ids", "ranktable")
         servers = servers_from_hosts_file(args.hosts, args.devices)
     else:
         ips = _ips(args.ips, "--ips")

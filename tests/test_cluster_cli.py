@@ -125,3 +125,24 @@ def test_help_lists_the_commands():
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "ranktable" in proc.stdout and "devices" in proc.stdout
+
+
+def test_ranktable_1_2_from_hosts_file(tmp_path, fixtures_dir, capsys):
+    smi = (fixtures_dir / "npu-smi-a3-2npu.txt").read_text()
+    (tmp_path / "a3.txt").write_text(smi)
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(
+        "hosts:\n"
+        "  - {server_id: node_0, npu_smi: a3.txt, device_ips: '10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4',\n"
+        "     host_ip: 172.16.0.1, super_pod_id: 0, super_device_ids: {0: 0, 1: 1, 2: 2, 3: 3}}\n"
+        "  - {server_id: node_1, npu_smi: a3.txt, device_ips: '10.0.1.1,10.0.1.2,10.0.1.3,10.0.1.4',\n"
+        "     super_pod_id: 1, super_device_ids: '0,1,2,3'}\n")
+    out = tmp_path / "rt.json"
+    rc, _, err = run(["ranktable", "--hosts", str(hosts), "--format", "1.2", "-o", str(out)], capsys)
+    assert rc == 0, err
+    table = load_rank_table(out)
+    assert [p["super_pod_id"] for p in table["super_pod_list"]] == ["0", "1"]
+    assert table["server_list"][1]["device"][3] == {"device_id": "3", "device_ip": "10.0.1.4",
+                                                    "super_device_id": "3", "rank_id": "7"}
+    rc, _, err = run(["ranktable", "--hosts", str(hosts), "--host-ip", "1.1.1.1", "-o", str(out)], capsys)
+    assert rc == 2 and "--hosts describes every server" in err
