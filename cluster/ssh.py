@@ -16,8 +16,8 @@ Local side (imports fabric lazily, so ``python -m cluster.ssh`` stays light on t
     A process started on an SSH channel under the wrapper below; its merged output is delivered line by
     line to a callback; ``terminate``/``kill`` reach its whole process group.
 
-Remote side, ``python -m cluster.ssh wrap [--grace S] [--watch-stdin] -- ARGV...``: starts ARGV in a new
-session (its own process group, with PR_SET_PDEATHSIG), reports ``@pspnet-wrap {"pid": ...}``, and
+Remote side, ``python -m cluster.ssh wrap [--grace S] [--watch-stdin] [--affinity 0,1] -- ARGV...``: starts
+ARGV in a new session (its own process group, with PR_SET_PDEATHSIG, pinned to the given cores), reports ``@pspnet-wrap {"pid": ...}``, and
 - on ``TERM``/``KILL`` lines on its stdin signals the whole group,
 - when its stdin reaches EOF (the SSH channel closed) or its parent changes (sshd's session process
   went away: the connection dropped), or on SIGTERM/SIGHUP/SIGINT: SIGTERM to the group, then SIGKILL
@@ -222,10 +222,13 @@ def remote_command(argv: Sequence[str], env: Optional[Mapping[str, str]] = None,
 
 
 def wrapped_command(python: str, argv: Sequence[str], env: Optional[Mapping[str, str]] = None,
-                    cwd: Optional[str] = None, grace: float = 5.0) -> str:
+                    cwd: Optional[str] = None, grace: float = 5.0,
+                    affinity: Optional[Sequence[int]] = None) -> str:
     """The remote line that runs ``argv`` under the process-group wrapper (``python -m cluster.ssh wrap``)."""
-    inner = [python, "-u", "-m", "cluster.ssh", "wrap", "--grace", f"{float(grace):g}", "--watch-stdin",
-             "--", *argv]
+    inner = [python, "-u", "-m", "cluster.ssh", "wrap", "--grace", f"{float(grace):g}", "--watch-stdin"]
+    if affinity:
+        inner += ["--affinity", ",".join(str(int(c)) for c in affinity)]
+    inner += ["--", *argv]
     return remote_command(inner, env, cwd)
 
 
@@ -438,20 +441,33 @@ def _exit_words(code: int) -> str:
 
 # ---------------------------------------------------------------- the remote wrapper
 
-def _pdeathsig_setup() -> Optional[Callable[[], None]]:
+def _child_setup(affinity: Optional[Sequence[int]]) -> Optional[Callable[[], None]]:
+    """Runs in the child before exec: die with the wrapper (PR_SET_PDEATHSIG), pin to ``affinity``."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        return None
+        libc = None
     parent = os.getpid()
+    cores = None
+    if affinity:
+        try:   # the launcher planned the binding elsewhere: keep the cores this host has
+            cores = set(affinity) & os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            cores = None
 
     def setup() -> None:
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
+        if libc is not None:
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(137)
+        if cores:
+            try:
+                os.sched_setaffinity(0, cores)
+            except OSError:
+                pass
     return setup
 
 
@@ -471,6 +487,7 @@ def wrap_main(argv: Sequence[str]) -> int:
     ap.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
     ap.add_argument("--watch-stdin", action="store_true",
                     help="read TERM/KILL commands on stdin; EOF (channel closed) tears down")
+    ap.add_argument("--affinity", default="", help="comma-separated CPU ids to pin the command to")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args(list(argv))
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -478,8 +495,9 @@ def wrap_main(argv: Sequence[str]) -> int:
         ap.error("no command given after --")
     parent = os.getppid()
     try:
+        affinity = [int(c) for c in args.affinity.split(",") if c.strip().isdigit()]
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=1, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=_pdeathsig_setup())
+                                 start_new_session=True, preexec_fn=_child_setup(affinity))
     except OSError as exc:
         print(f"cannot start {cmd[0]!r}: {exc.strerror or exc}", flush=True)
         _say({"exit": 127})

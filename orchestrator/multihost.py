@@ -302,7 +302,7 @@ class RemoteLauncher:
         from cluster import ssh
         host = self._host(spec)
         return ssh.wrapped_command(host.python, self.remote_argv(spec, host), self.remote_env(spec, host),
-                                   host.workdir, grace=self.grace)
+                                   host.workdir, grace=self.grace, affinity=spec.cpu_affinity)
 
     def _host(self, spec: Any):
         from orchestrator.workers import LaunchError

@@ -173,3 +173,12 @@ def test_wrapper_runs_locally_too(tmp_path):
     assert out.returncode == 7
     lines = out.stdout.splitlines()
     assert lines[0].startswith(ssh.WRAP_MARKER) and "hello" in lines and lines[-1] == ssh.WRAP_MARKER + '{"exit": 7}'
+
+
+def test_wrapper_pins_the_rank_to_the_cores_this_host_has():
+    import subprocess
+    cmd = [sys.executable, "-m", "cluster.ssh", "wrap", "--affinity", "0,4096", "--", sys.executable, "-c",
+           "import os; print(sorted(os.sched_getaffinity(0)))"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert out.returncode == 0
+    assert "[0]" in out.stdout.splitlines()   # core 4096 does not exist here and is dropped
