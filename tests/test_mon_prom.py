@@ -155,6 +155,24 @@ def test_grafana_dashboard_covers_the_views_and_uses_only_exported_metrics(tmp_p
     assert used and not used - exported, sorted(used - exported)
 
 
+def test_grafana_dashboard_layout_is_importable():
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert [v["name"] for v in dash["templating"]["list"]] == ["datasource", "job"]
+    cells = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):          # no two panels overlap
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, p["title"]
+                cells.add((x, y))
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+            assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"])
+
+
 # ------------------------------------------------------------------ a real Prometheus server
 
 def _free_port():
