@@ -19,6 +19,7 @@ YAML (all keys optional except each host's address)::
       - address: 10.0.0.2
         slots: 8                               # or just a count
         env: {HCCL_CONNECT_TIMEOUT: "600"}
+        hccn_conf: /etc/hccn.conf              # Ascend discovery on the host (npu_smi: a saved table)
 
 ``hosts`` may also be a mapping ``name: {address: ..., ...}`` or a list of bare addresses.
 
@@ -65,6 +66,8 @@ class HostSpec:
     workdir: Optional[str] = None        # cwd of its processes (None: the login directory)
     job_root: Optional[str] = None       # where job dirs are made on it (None: WORKDIR/runs or ~/runs)
     env: Mapping[str, str] = field(default_factory=dict)
+    hccn_conf: Optional[str] = None      # on the host, instead of /etc/hccn.conf
+    npu_smi: Optional[str] = None        # on the host: a saved `npu-smi info` table, instead of running it
     source: str = ""                     # "hosts.yaml:7", for messages
 
     def __post_init__(self) -> None:
@@ -170,6 +173,8 @@ HOST_KEYS = {
     "workdir": "working directory of the job's processes on the host",
     "job_root": "directory for job dirs on the host",
     "env": "extra environment for the host's processes",
+    "hccn_conf": "hccn.conf on the host (default /etc/hccn.conf)",
+    "npu_smi": "saved `npu-smi info` output on the host (default: run npu-smi)",
 }
 _ALIASES = {"host": "address", "key": "identity_file"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -347,7 +352,7 @@ def _looks_like_deepspeed(text: str) -> bool:
 
 def _parse_deepspeed(text: str, source: str) -> List[HostSpec]:
     allowed = {"slots", "port", "user", "devices", "python", "venv", "workdir", "job_root", "name",
-               "identity_file"}
+               "identity_file", "hccn_conf", "npu_smi"}
     hosts = []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()

@@ -159,6 +159,10 @@ def probe_argv(host: Any, *, backend: str, devices: Any, port: Optional[int], mi
                job_root: Optional[str] = None) -> List[str]:
     argv = [host.python, "-m", "cluster.preflight", "probe", "--backend", backend,
             "--job-root", job_root or host.remote_job_root(), "--min-free-gb", f"{min_free_gb:g}"]
+    if getattr(host, "hccn_conf", None):
+        argv += ["--hccn-conf", host.hccn_conf]
+    if getattr(host, "npu_smi", None):
+        argv += ["--npu-smi", host.npu_smi]
     if devices is not None:
         argv += ["--devices", str(devices)]
     if port:

@@ -237,3 +237,36 @@ def test_restart_resumes_from_the_newest_step_every_host_holds(sshd_cluster, tmp
         assert resume["paths"][str(r)].startswith(cluster.job_root(h) + "/job-restart/ckpt/rank_%d/" % r)
     resumed = [e for e in events(job, 1) if e["event"] == "resumed"]
     assert resumed and resumed[-1]["global_step"] == 2
+
+
+def test_ascend_discovery_over_ssh_gives_one_merged_rank_table_on_every_host(sshd_cluster, tmp_path, fixtures_dir):
+    """Each host reports its own hccn.conf / npu-smi table; ranks are numbered by server, then device;
+    the merged table is copied to every host and RANK_TABLE_FILE points at that copy."""
+    cluster = sshd_cluster(2)
+    text = cluster.hostfile_text(devices="2")
+    conf = fixtures_dir.joinpath("hccn.conf").read_text()
+    for i, h in enumerate(cluster.hosts):
+        own = tmp_path / f"hccn_{h.name}.conf"
+        own.write_text(conf.replace("192.168.", f"10.{i}."))       # each server its own device IPs
+        text = text.replace(f"  - name: {h.name}\n", f"  - name: {h.name}\n    hccn_conf: {own}\n"
+                            f"    npu_smi: {fixtures_dir / 'npu-smi-910b4-2dev.txt'}\n")
+    hostfile = tmp_path / "hosts.yaml"
+    hostfile.write_text(text)
+    job = tmp_path / "runs" / "job-rt"
+    res = run_launch([sys.executable, "-m", "orchestrator.cli", "launch", "--hosts", str(hostfile), "--devices", "2",
+                      "--backend", "ascend", "--job-dir", str(job), "--quiet", "--no-bind-cores",
+                      "--cmd", f"python {FAKE} --steps 1 --print-env"], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = json.loads((job / "rank_table.json").read_text())
+    assert [s["server_id"] for s in table["server_list"]] == ["127.0.0.2", "127.0.0.3"]
+    assert [(d["rank_id"], d["device_id"], d["device_ip"]) for s in table["server_list"] for d in s["device"]] == [
+        ("0", "0", "10.0.100.101"), ("1", "1", "10.0.101.101"), ("2", "0", "10.1.100.101"), ("3", "1", "10.1.101.101")]
+    for rank in range(4):
+        host = cluster.hosts[rank // 2]
+        env_line = next(l for l in (job / "logs" / f"rank_{rank}.log").read_text().splitlines() if l.startswith("ENV "))
+        env = json.loads(env_line[4:])
+        copy = Path(cluster.job_root(host)) / "job-rt" / "rank_table.json"
+        assert env["RANK_TABLE_FILE"] == str(copy)
+        assert json.loads(copy.read_text()) == table
+        assert (env["RANK_ID"], env["DEVICE_ID"], env["PSPNET_HOST"]) == (str(rank), str(rank % 2), host.name)
+        assert "MS_SCHED_HOST" not in env
