@@ -282,6 +282,17 @@ def state_json(jobs: List[JobSummary], now: Optional[float] = None,
 class _Handler(BaseHTTPRequestHandler):
     server_version = "pspnet-exporter/1"
     protocol_version = "HTTP/1.1"
+    timeout = 300          # an idle keep-alive connection is dropped after this many seconds
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)  # type: ignore[attr-defined]
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the launcher owns the terminal
         pass
@@ -330,6 +341,36 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: set = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    last_error: Optional[str] = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is normal; anything else is kept in ``last_error``, not printed."""
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def track(self, conn: Any, open_: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if open_ else self._conns.discard)(conn)
+
+    def close_connections(self) -> None:
+        """End open keep-alive connections, so nothing is served after close()."""
+        import socket
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class Exporter:
@@ -389,11 +430,13 @@ class Exporter:
         self._httpd.serve_forever(poll_interval=0.25)
 
     def close(self) -> None:
+        """Stop accepting, end open connections, release the port."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
+        self._httpd.close_connections()
 
     def __enter__(self) -> "Exporter":
         return self

@@ -386,6 +386,24 @@ def test_promtool_check_metrics_on_a_real_scrape_prints_no_warning(tmp_path, fix
     assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", (r.stdout + r.stderr).decode()
 
 
+def test_close_ends_keep_alive_connections(tmp_path):
+    import http.client
+    srv = serve(tmp_path, port=0, npu_reader=None)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Connection", "").lower() != "close"
+        resp.read()
+        srv.close()                                   # Prometheus would reuse this connection
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("GET", "/metrics")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+        srv.close()                                   # closing twice is harmless
+
+
 def test_serve_reports_a_port_in_use(tmp_path):
     with serve(tmp_path, port=0, npu_reader=None) as first:
         with pytest.raises(OSError):
