@@ -106,19 +106,28 @@ class Series:
         self.x: List[int] = []
         self.y: List[float] = []
 
-    def add_many(self, values: np.ndarray) -> None:
+    def take(self, count: int) -> range:
+        """Reserve the next ``count`` samples; returns the positions (0-based, within them) to keep."""
         n0 = self.n
-        self.n += int(values.size)
+        self.n += int(count)
         while self.n // self.stride > 2 * self.cap:          # thin what is kept, before adding
             self.stride *= 2
             keep = [i for i, x in enumerate(self.x) if x % self.stride == 0]
             self.x = [self.x[i] for i in keep]
             self.y = [self.y[i] for i in keep]
-        first = (-n0) % self.stride
-        if first < values.size:
-            sel = values[first::self.stride]
-            self.x.extend(range(n0 + first, n0 + first + sel.size * self.stride, self.stride))
-            self.y.extend(sel.tolist())
+        return range((-n0) % self.stride, int(count), self.stride)
+
+    def put(self, first_index: int, positions: range, values: Sequence[float]) -> None:
+        """Store the values of ``positions`` (from ``take``); non-finite values leave a gap."""
+        for pos, v in zip(positions, values):
+            if math.isfinite(v):
+                self.x.append(first_index + pos)
+                self.y.append(v)
+
+    def add_many(self, values: np.ndarray) -> None:
+        n0 = self.n
+        keep = self.take(values.size)
+        self.put(n0, keep, values[keep.start::keep.step].tolist())
 
 
 class _Device:
@@ -182,6 +191,7 @@ _EVENT_RE = re.compile(rb'"event":"([^"\n]*)"')
 _STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
 _LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
 _TS_RE = re.compile(rb'"ts":([^,}\s]*)')
+_LAST_FIELDS = ("loss", "lr", "images_per_s", "epoch", "step", "global_step", "steps_per_epoch")
 FAST_MIN_BYTES = 16 << 10     # smaller chunks go line by line (the fixed costs would dominate)
 
 
@@ -224,9 +234,8 @@ class Aggregator:
             if st is not None:
                 d.pending.append(st)
             loss = _num(ev.get("loss"))
-            if loss is not None:
-                d.pending_loss.append(loss)
-            if len(d.pending) >= 4096:
+            d.pending_loss.append(math.nan if loss is None else loss)   # x of the loss series = step index
+            if len(d.pending) >= 4096 or len(d.pending_loss) >= 4096:
                 d.flush()
             return
         self._common(d, ev)
@@ -324,12 +333,9 @@ class Aggregator:
             if v is not None:
                 setattr(s, key, v)
         ts = _num(ev.get("ts"))
-        st = _num(ev.get("step_time_s"))
-        if st is not None:
-            d.recent_steps.append((ts, st))
-        loss = _num(ev.get("loss"))
-        if loss is not None:
-            d.recent_loss.append((ts, loss))
+        # recent histories cover the last RECENT steps; a missing value is a gap (dropped at snapshot)
+        d.recent_steps.append((ts, _num(ev.get("step_time_s"))))
+        d.recent_loss.append((ts, _num(ev.get("loss"))))
 
     def _miou(self, d: _Device, epoch: Optional[int], miou: Optional[float], best: Optional[float]) -> None:
         s = d.state
@@ -395,14 +401,15 @@ class Aggregator:
         starts[1:] = nl[:-1] + 1
         others = [int(starts[i]) for i in other_idx]
         times = _STEP_TIME_RE.findall(data)
-        losses = _LOSS_RE.findall(data)
-        if len(times) != n_step or len(losses) != n_step:
+        if len(times) != n_step:
             return None
         last_idx = n_lines - 1 - names[::-1].index(b"step")
         last_at = int(starts[last_idx])
         last_ev = parse_line(_line_at(data, last_at))
         if last_ev is None or last_ev.get("event") != "step":
             return None
+        if any(key in last_ev and _num(last_ev[key]) is None for key in _LAST_FIELDS):
+            return None              # e.g. a null loss on the last line: the line path keeps the previous value
         rank = _int(last_ev.get("rank"))
         if rank is None or rank < 0:
             return None
@@ -414,10 +421,6 @@ class Aggregator:
             t = np.array(times).astype(np.float64)
         except ValueError:
             return None
-        try:
-            lv = np.array(losses).astype(np.float64)
-        except ValueError:
-            lv = np.array([_to_float(x) for x in losses], dtype=np.float64)
         # parse the other events now (they are few), apply in order around the last step line
         other_evs = [(p, parse_line(_line_at(data, p))) for p in others]
         for (p, ev), i in zip(other_evs, other_idx):
@@ -430,16 +433,23 @@ class Aggregator:
                 self.feed_event(ev)
         # step statistics of the whole chunk, then the last step's fields
         d.add_times(t)
-        d.loss_series.add_many(lv[np.isfinite(lv)])
+        # the loss series keeps every stride-th step: read the loss of those lines only
+        n0 = d.loss_series.n
+        keep = d.loss_series.take(n_step)
+        if keep:
+            step_line = (np.arange(n_lines) if not other_idx
+                         else np.setdiff1d(np.arange(n_lines), np.asarray(other_idx)))
+            sel = step_line[keep.start::keep.step]
+            d.loss_series.put(n0, keep, [_search_float(_LOSS_RE, data, int(starts[i]), int(nl[i]))
+                                         for i in sel.tolist()])
         steps_before = d.state.steps_seen
         k = min(RECENT, n_step) - 1                 # recent history: the k steps before the last one
         if k > 0:
-            ts = self._tail_ts(data, last_at, k)
-            for when, st, loss in zip(ts, t[-k - 1:-1].tolist(), lv[-k - 1:-1].tolist()):
-                if math.isfinite(st):
-                    d.recent_steps.append((when, st))
-                if math.isfinite(loss):
-                    d.recent_loss.append((when, loss))
+            ts, lv = self._tail_fields(data, last_at, k)
+            for when, st, loss in zip(ts, t[-k - 1:-1].tolist(), lv):
+                when = when if when is not None and math.isfinite(when) else None
+                d.recent_steps.append((when, st if math.isfinite(st) else None))
+                d.recent_loss.append((when, loss if loss is not None and math.isfinite(loss) else None))
         self._step_fields(d, last_ev)
         d.state.steps_seen = steps_before + n_step
         for p, ev in other_evs:
@@ -448,8 +458,8 @@ class Aggregator:
         self.fast_chunks += 1
         return n_lines
 
-    def _tail_ts(self, data: bytes, last_at: int, k: int) -> List[Optional[float]]:
-        """The ``ts`` of the k step lines before the last step line, oldest first (None where unreadable)."""
+    def _tail_fields(self, data: bytes, last_at: int, k: int) -> tuple:
+        """``ts`` and ``loss`` of the k step lines before the last step line, oldest first (None: unreadable)."""
         last_start = data.rfind(b"\n", 0, last_at) + 1
         start = last_start
         for _ in range(k):                       # common case: the k lines before are all step lines
@@ -458,22 +468,23 @@ class Aggregator:
             start = data.rfind(b"\n", 0, start - 1) + 1
         region = data[start:last_start]
         stamps = _TS_RE.findall(region)
-        if len(stamps) == k and region.count(_STEP_TAG) == k and region.count(b"\n") == k:
-            try:
-                return [float(x) for x in stamps]
-            except ValueError:
-                pass
-        out: List[Optional[float]] = []
+        losses = _LOSS_RE.findall(region)
+        if (len(stamps) == len(losses) == k and region.count(_STEP_TAG) == k and region.count(b"\n") == k):
+            return [_to_float(x) for x in stamps], [_to_float(x) for x in losses]
+        ts: List[Optional[float]] = []
+        lv: List[Optional[float]] = []
         end = last_start - 1
-        while end >= 0 and len(out) < k:
+        while end >= 0 and len(ts) < k:
             start = data.rfind(b"\n", 0, end) + 1
             line = data[start:end]
             if _STEP_TAG in line:
-                m = _TS_RE.search(line)
-                out.append(_to_float(m.group(1)) if m else None)
+                ts.append(_search_float(_TS_RE, line))
+                lv.append(_search_float(_LOSS_RE, line))
             end = start - 1
-        out.reverse()
-        return [None] * (k - len(out)) + out
+        ts.reverse()
+        lv.reverse()
+        pad = [None] * (k - len(ts))
+        return pad + ts, pad + lv
 
     def feed_text(self, rec: Any) -> None:
         """Apply one TextRecord (monitoring.textlog) whose ``rank`` is set."""
@@ -501,9 +512,9 @@ class Aggregator:
             s.steps_seen += 1
             s.epoch = fields.get("epoch") or s.epoch
             s.step = fields.get("step") or s.step
+            d.pending_loss.append(math.nan if fields.get("loss") is None else fields["loss"])
             if fields.get("loss") is not None:
                 s.loss = fields["loss"]
-                d.pending_loss.append(fields["loss"])
                 d.recent_loss.append((None, fields["loss"]))
         elif kind == "time":
             st = fields.get("step_time_s")
@@ -560,8 +571,8 @@ class Aggregator:
         for rank, d in sorted(self.devices.items()):
             d.flush()
             s = DeviceState(**{k: getattr(d.state, k) for k in d.state.__dataclass_fields__})
-            s.step_time_history = list(d.recent_steps)
-            s.loss_history = list(d.recent_loss)
+            s.step_time_history = [(a, b) for a, b in d.recent_steps if b is not None]
+            s.loss_history = [(a, b) for a, b in d.recent_loss if b is not None]
             s.miou_history = list(d.state.miou_history)
             if d.window:
                 w = np.asarray(d.window, dtype=np.float64)
@@ -667,7 +678,12 @@ def _to_float(text: bytes) -> float:
     try:
         return float(text)
     except ValueError:
-        return float("nan")
+        return math.nan
+
+
+def _search_float(pattern: "re.Pattern", data: bytes, pos: int = 0, endpos: Optional[int] = None) -> float:
+    m = pattern.search(data, pos, len(data) if endpos is None else endpos)
+    return _to_float(m.group(1)) if m else math.nan
 
 
 def read_job_json(path: Any) -> Dict[str, Any]:
