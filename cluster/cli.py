@@ -271,11 +271,13 @@ def _devices(args: argparse.Namespace) -> int:
 
     ips = _ips(args.ips, "--ips")
     backend = resolve_backend(args.backend, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi, ips=ips)
-    server = discover_local(backend, devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
-                            ips=ips)
-    chips = None
+    text = None
     if backend == "ascend":
         text = _read_text(args.npu_smi, "npu-smi table") if args.npu_smi else run_npu_smi()
+    server = discover_local(backend, devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
+                            ips=ips, npu_smi_text=text)
+    chips = None
+    if backend == "ascend":
         if text is not None:
             chosen = set(server.device_ids)
             chips = [c for c in parse_npu_smi_info(text, args.npu_smi or "npu-smi info") if c.device_id in chosen]

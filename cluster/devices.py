@@ -32,12 +32,16 @@ super_device_id=None, name=None, bus_id=None)``
     device ids from the npu-smi table, else from hccn.conf, else from ``ips``; IPs from ``ips``,
     else hccn.conf.  ``visible`` is a device-list spec applied to the ids found.
 
-``discover_local(backend="auto", *, devices=None, hccn_conf=None, npu_smi=None, use_hccn_tool=True,
-server_id=None) -> Server``
+``discover_local(backend="auto", *, devices=None, hccn_conf=None, npu_smi=None, ips=None,
+use_hccn_tool=True, server_id=None, cpu_count=None, npu_smi_text=None) -> Server``
     The same on this machine: reads ``/etc/hccn.conf`` / runs ``npu-smi info`` and ``hccn_tool``
     when present; ``backend="auto"`` is Ascend when any of them answers, else CPU.
 
+``resolve_backend(backend="auto", hccn_conf=None, npu_smi=None, ips=None) -> str``
+    ``auto`` -> ``ascend`` when Ascend inputs are given or npu-smi / hccn_tool / /etc/hccn.conf exist, else ``cpu``.
+
 ``default_server_id() -> str``: this host's IP as the rank table wants it (as hccl_tools does).
+``parse_ip_list("0=IP,1=IP" | "IP,IP") -> dict[int, str]``; ``format_device_list([0,1,2,3,6]) -> "0-3,6"``.
 """
 from __future__ import annotations
 
@@ -185,7 +189,8 @@ def _clip(text: str, n: int = 60) -> str:
 
 def _count(n: int, available: Optional[Sequence[int]], source: str) -> List[int]:
     if n <= 0:
-        raise DeviceListError(f"device count must be at least 1, got {n}", source)
+        hint = " (to pick device 0 alone, write 0,)" if n == 0 else ""
+        raise DeviceListError(f"device count must be at least 1, got {n}{hint}", source)
     if n > MAX_ID + 1:
         raise DeviceListError(f"device count {n} is too large (at most {MAX_ID + 1})", source)
     if available is None:
@@ -313,11 +318,13 @@ def resolve_backend(backend: Optional[str] = "auto", *, hccn_conf: Optional[str]
 def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Optional[str] = None,
                    npu_smi: Optional[str] = None, ips: Optional[Mapping[int, str]] = None,
                    use_hccn_tool: bool = True, server_id: Optional[str] = None,
-                   cpu_count: Optional[int] = None) -> Server:
+                   cpu_count: Optional[int] = None, npu_smi_text: Optional[str] = None) -> Server:
     """Discover this machine's devices (see the module docstring).
 
     ``hccn_conf``/``npu_smi``: files to read instead of ``/etc/hccn.conf`` / running ``npu-smi info``.
     ``devices``: the visible-device spec (``8``, ``0-3``).  On CPU/GPU the devices are logical slots.
+    ``npu_smi_text``: an `npu-smi info` text already read (so a caller that also wants the health
+    fields runs npu-smi once).
     """
     from cluster import hccn
     from cluster import npu_smi as smi
@@ -330,7 +337,10 @@ def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Opt
     conf_text = None
     if hccn_conf or (not ips and os.path.exists(hccn.DEFAULT_HCCN_CONF)):
         conf_text = _read_text(conf_src, "hccn.conf")
-    smi_text = _read_text(npu_smi, "npu-smi table") if npu_smi else smi.run_npu_smi()
+    if npu_smi_text is not None:
+        smi_text: Optional[str] = npu_smi_text
+    else:
+        smi_text = _read_text(npu_smi, "npu-smi table") if npu_smi else smi.run_npu_smi()
     explicit = dict(ips or {})
     if use_hccn_tool and conf_text is None and not explicit:
         if smi_text is not None:

@@ -224,6 +224,8 @@ def parse_npu_smi_info(text: str, source: str = "npu-smi info") -> List[NpuChip]
             pid = p.int_(cells[1], "Process id", lineno)
             mem = p.num(cells[3].split()[0] if cells[3].split() else "-", "Process memory(MB)", lineno)
             owner = by_key.get((npu, chip_idx))
+            if owner is None:  # some layouts may give the chip's physical id here
+                owner = next((c for c in chips if c.npu_id == npu and c.phy_id == chip_idx), None)
             if owner is None:
                 raise p.err(f"process {pid} runs on NPU {npu} chip {chip_idx}, which the device table "
                             f"does not list", lineno)

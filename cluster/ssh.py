@@ -198,6 +198,17 @@ def put_bytes(conn, remote_path: str, data: bytes, *, mode: Optional[int] = None
         raise SSHError(f"{label}: cannot copy to {remote_path}: {exc}") from None
 
 
+def close_sftp(conn) -> None:
+    """Close the connection's cached SFTP session (one channel less held open on the server)."""
+    sftp = getattr(conn, "_sftp", None)
+    if sftp is not None:
+        try:
+            sftp.close()
+        except Exception:  # noqa: BLE001
+            pass
+        conn._sftp = None  # noqa: SLF001 - fabric caches it there and reopens on demand
+
+
 # ---------------------------------------------------------------- command lines
 
 def _check_env_name(name: str) -> str:
