@@ -532,3 +532,13 @@ def test_any_state_renders_to_valid_text_identical_to_generate_latest(jobs):
     expected = generate_latest(reg)
     assert TextRenderer().render(c.families()) == expected
     list(text_string_to_metric_families(expected.decode()))      # parses back
+
+
+def test_exporter_serves_plain_text_logs_of_other_tools(fixtures_dir):
+    """The model zoo README's 4-device training log (interleaved text lines, no event stream)."""
+    with serve(fixtures_dir / "seed-modelzoo-readme.md", port=0, npu_reader=None) as srv:
+        smp = samples(get(srv.url + "/metrics")[2])
+    assert value(smp, "pspnet_job_ranks", job="seed-modelzoo-readme") == 4
+    assert value(smp, "pspnet_best_miou_ratio", rank="1", device="1") == 0.7048
+    assert value(smp, "pspnet_best_miou_ratio", rank="3", device="3") == 0.6963
+    assert value(smp, "pspnet_step_time_seconds", rank="0") == pytest.approx(1.292189)
