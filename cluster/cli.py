@@ -4,12 +4,14 @@ Only argparse is imported at module level (``pspnet-cluster --help`` must stay f
 the rest when they run.  Bad input prints one ``pspnet-cluster CMD: error: ...`` line naming the file /
 line / field and exits 2; nothing is written then.
 
-Hosts file for ``ranktable --hosts FILE`` (YAML or JSON; keys other than these are ignored, so the
-multi-host launcher's hostfile can carry them too; paths are relative to the hosts file)::
+Hosts file for ``ranktable --hosts FILE`` (YAML or JSON; the launcher's hostfile layout of
+cluster/hosts.py is understood too: ``defaults``, ``address``, ``name``, ``slots``, a ``name: {...}``
+mapping; other keys are ignored).  Here ``hccn_conf`` / ``npu_smi`` are files on *this* machine,
+relative to the hosts file (saved from each server)::
 
     hosts:
       - host: node-a              # SSH name (optional here)
-        server_id: 10.0.0.1       # rank table server_id (default: host)
+        server_id: 10.0.0.1       # rank table server_id (default: address, else host, else name)
         devices: 0-7              # visible devices (default: --devices, else all found)
         hccn_conf: node-a.hccn.conf     # and/or npu_smi: node-a.npu-smi.txt
         device_ips: "0=192.168.100.101,1=192.168.101.101"   # or a mapping {0: ..., 1: ...}
@@ -155,19 +157,26 @@ def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]
         line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
         raise ClusterInputError(f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", path, line) from None
     hosts = data.get("hosts") if isinstance(data, dict) else data
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    if defaults is not None and not isinstance(defaults, dict):
+        raise ClusterInputError("`defaults` must be a mapping", path)
+    if isinstance(hosts, dict):   # the launcher's hostfile also allows  name: {address: ...}
+        hosts = [{"name": k, **(v if isinstance(v, dict) else {"address": v})} for k, v in hosts.items()]
     if not isinstance(hosts, list) or not hosts:
         raise ClusterInputError("expected a list of hosts (hosts: [{host: ..., hccn_conf: ...}, ...])", path)
     base = os.path.dirname(os.path.abspath(path))
     servers = []
     for i, h in enumerate(hosts):
         where = f"{path}: hosts[{i}]"
-        if isinstance(h, str):
-            h = {"host": h.split()[0]} if h.split() else {}
+        if isinstance(h, str):   # a bare [user@]address[:port]
+            word = h.split()[0] if h.split() else ""
+            h = {"address": word.rpartition("@")[2].split(":")[0]} if word else {}
         if not isinstance(h, dict):
             raise ClusterInputError("each host is a mapping (host: ..., server_id: ..., hccn_conf: ...)", where)
-        sid = h.get("server_id") or h.get("host")
+        h = {**(defaults or {}), **h}
+        sid = h.get("server_id") or h.get("address") or h.get("host") or h.get("name")
         if not sid:
-            raise ClusterInputError("needs `server_id` or `host`", where)
+            raise ClusterInputError("needs `server_id`, `address` or `host`", where)
 
         def read(key: str) -> Optional[str]:
             val = h.get(key)
@@ -185,12 +194,12 @@ def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]
         if conf_text is None and smi_text is None and not ips:
             raise ClusterInputError(f"host {sid}: no device information; give hccn_conf, npu_smi or device_ips",
                                     where)
-        visible = h.get("devices", default_devices)
+        visible = h.get("devices", h.get("slots", default_devices))
         servers.append(ascend_server(
             str(sid), hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=ips,
             visible=str(visible) if isinstance(visible, int) else visible,
             hccn_source=str(h.get("hccn_conf")), npu_smi_source=str(h.get("npu_smi")),
-            host=h.get("host"), host_ip=h.get("host_ip"),
+            host=h.get("host") or h.get("name") or h.get("address"), host_ip=h.get("host_ip"),
             super_pod_id=None if h.get("super_pod_id") is None else str(h.get("super_pod_id")),
             super_device_ids=_sdids(h.get("super_device_ids"), f"{where}.super_device_ids")))
     return servers

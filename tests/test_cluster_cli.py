@@ -146,3 +146,20 @@ def test_ranktable_1_2_from_hosts_file(tmp_path, fixtures_dir, capsys):
                                                     "super_device_id": "3", "rank_id": "7"}
     rc, _, err = run(["ranktable", "--hosts", str(hosts), "--host-ip", "1.1.1.1", "-o", str(out)], capsys)
     assert rc == 2 and "--hosts describes every server" in err
+
+
+def test_ranktable_reads_the_launchers_hostfile_layout(tmp_path, fixtures_dir, capsys):
+    conf = (fixtures_dir / "hccn.conf").read_text()
+    (tmp_path / "a.conf").write_text(conf)
+    (tmp_path / "b.conf").write_text(conf.replace("192.168.", "192.170."))
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("defaults:\n  user: pspnet\n  slots: 4\n"
+                     "hosts:\n  node0: {address: 10.0.0.1, hccn_conf: a.conf}\n"
+                     "  node1: {address: 10.0.0.2, hccn_conf: b.conf, devices: 4-7}\n")
+    out = tmp_path / "rt.json"
+    rc, _, err = run(["ranktable", "--hosts", str(hosts), "-o", str(out)], capsys)
+    assert rc == 0, err
+    table = load_rank_table(out)
+    assert [s["server_id"] for s in table["server_list"]] == ["10.0.0.1", "10.0.0.2"]
+    assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1", "2", "3"]
+    assert [d["device_id"] for d in table["server_list"][1]["device"]] == ["4", "5", "6", "7"]
