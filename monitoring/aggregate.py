@@ -545,7 +545,7 @@ class Aggregator:
     def set_job_info(self, info: Any) -> None:
         """job.json as read; only what is recognised is used."""
         self.job_info = info if isinstance(info, dict) else {}
-        job = self.job_info.get("job") or self.job_info.get("id") or self.job_info.get("job_id")
+        job = self.job_info.get("job_id") or self.job_info.get("job") or self.job_info.get("id")
         if isinstance(job, str) and job and not self.job:
             self.job = job
 
@@ -567,6 +567,8 @@ class Aggregator:
         job_state = info.get("state") if isinstance(info.get("state"), str) else None
         last_attempt = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
         exit_codes = _exit_codes(last_attempt)
+        failure = _failure(last_attempt)
+        failed_rank = _int(failure.get("rank")) if failure else None
         devices: Dict[int, DeviceState] = {}
         for rank, d in sorted(self.devices.items()):
             d.flush()
@@ -591,6 +593,12 @@ class Aggregator:
                     s.dead = True
                     if s.state not in ("finished",):
                         s.state = "failed"
+            if failed_rank == rank and failure is not None:
+                s.dead = True
+                if s.state not in ("finished",):
+                    s.state = "failed"
+                if not s.error and isinstance(failure.get("message"), str):
+                    s.error = failure["message"][:500]
             if s.state == "failed":
                 s.dead = True
             if job_state in ("succeeded", "failed", "stopped") and s.state in ("starting", "running", "unknown"):
@@ -606,7 +614,8 @@ class Aggregator:
         summary.updated_ts = now
         summary.world_size = self.world_size or (len(devices) or None)
         summary.eval_results = list(self.eval_results)
-        summary.restarts = max(self.max_attempt, len(attempts) - 1 if attempts else 0)
+        restarts = _int(info.get("restarts"), 0) or 0
+        summary.restarts = max(self.max_attempt, len(attempts) - 1 if attempts else 0, restarts)
         summary.attempt = max(self.max_attempt, len(attempts) - 1 if attempts else 0)
         summary.state = job_state or _derived_state(devices)
         ips = [s.images_per_s for s in devices.values() if s.images_per_s is not None and not s.dead
@@ -652,20 +661,33 @@ def _derived_state(devices: Dict[int, DeviceState]) -> str:
 
 
 def _exit_codes(attempt: Dict[str, Any]) -> Dict[int, int]:
-    """Per-rank exit codes of an attempt record, read tolerantly (dict or list forms)."""
-    raw = attempt.get("exit_codes") if isinstance(attempt, dict) else None
+    """Per-rank exit codes of an attempt record, read tolerantly.
+
+    The orchestrator's form is ``"ranks": {"0": {"exit_code": 0, ...}, "scheduler": {...}}``; a plain
+    ``"exit_codes": {"0": 0}`` or ``[0, 1]`` is accepted too.  Unreadable entries are skipped.
+    """
     out: Dict[int, int] = {}
-    if isinstance(raw, dict):
-        items: Iterable = raw.items()
-    elif isinstance(raw, list):
-        items = enumerate(raw)
-    else:
+    if not isinstance(attempt, dict):
         return out
+    ranks = attempt.get("ranks")
+    items: Iterable = ()
+    if isinstance(ranks, dict):
+        items = ((k, v.get("exit_code")) for k, v in ranks.items() if isinstance(v, dict))
+    raw = attempt.get("exit_codes")
+    if isinstance(raw, dict):
+        items = list(items) + list(raw.items())
+    elif isinstance(raw, list):
+        items = list(items) + list(enumerate(raw))
     for k, v in items:
         r, c = _int(k), _int(v)
         if r is not None and c is not None:
             out[r] = c
     return out
+
+
+def _failure(attempt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    f = attempt.get("failure") if isinstance(attempt, dict) else None
+    return f if isinstance(f, dict) else None
 
 
 def _line_at(data: bytes, pos: int) -> bytes:

@@ -75,17 +75,23 @@ def write_synthetic_job(root: Any, ranks: int = 4, *, job: Optional[str] = None,
     root = Path(root)
     paths = JobPaths(root).make()
     job = job or root.name
-    exit_codes = {}
+    ranks_rec = {}
     for r in range(ranks):
         st = step_time_s * (slow_factor if r == slow_rank else 1.0)
         fail = (epochs * steps_per_epoch) // 2 if r == failed_rank else None
         text = rank_events(job, r, ranks, epochs=epochs, steps_per_epoch=steps_per_epoch, step_time_s=st,
                            fail_at_step=fail, finish=finish and fail is None, t0=t0)
         paths.rank_events(r).write_text(text)
-        exit_codes[str(r)] = 1 if r == failed_rank else 0
+        ranks_rec[str(r)] = {"pid": 1000 + r, "device": r, "host": "node0",
+                             "exit_code": None if state == "running" else (1 if r == failed_rank else 0)}
+    failure = None if failed_rank is None else {
+        "rank": failed_rank, "name": f"rank_{failed_rank}", "reason": "exit", "exit_code": 1,
+        "message": f"rank {failed_rank} exited with code 1"}
+    # the orchestrator's job.json schema (orchestrator/jobstate.py), the parts monitoring reads
     atomic_write_json(paths.job_json, {
-        "job": job, "state": state,
-        "attempts": [{"attempt": 0, "start": t0, "exit_codes": exit_codes if state != "running" else {}}],
+        "schema": 1, "job_id": job, "state": state, "world_size": ranks, "restarts": 0,
+        "attempts": [{"attempt": 0, "state": state, "start": t0, "end": None if state == "running" else t0 + 1,
+                      "ranks": ranks_rec, "failure": failure}],
     })
     return root
 

@@ -230,3 +230,30 @@ def test_job_monitor_follows_growing_files_and_late_ranks(tmp_path):
     assert sorted(s.devices) == [0, 1]
     assert s.devices[0].steps_seen == 40 and s.devices[0].state == "finished"
     assert s.devices[1].steps_seen == 40
+
+
+def test_orchestrator_job_json_form_ranks_and_failure(tmp_path):
+    root = write_synthetic_job(tmp_path / "job", ranks=3, finish=False, state="running")
+    info = json.loads((root / "job.json").read_text())
+    info.update(state="restarting", restarts=1)
+    info["attempts"][0].update(state="failed", failure={
+        "rank": 2, "name": "rank_2", "reason": "hang", "exit_code": -9, "signal": "SIGKILL",
+        "message": "rank 2 made no progress for 60 s"})
+    for r, code in (("0", -15), ("1", -15), ("2", -9)):
+        info["attempts"][0]["ranks"][r]["exit_code"] = code
+    info["attempts"][0]["ranks"]["scheduler"] = {"pid": 1, "exit_code": 0}
+    info["attempts"].append({"attempt": 1, "state": "running", "ranks": {"0": {"exit_code": None}}})
+    (root / "job.json").write_text(json.dumps(info))
+    mon = JobMonitor([root])
+    mon.poll()
+    s = mon.summary()
+    assert s.state == "restarting" and s.restarts == 1
+    assert s.dead == []                          # the new attempt's ranks have not ended
+    info["attempts"].pop()
+    info["state"] = "failed"
+    (root / "job.json").write_text(json.dumps(info))
+    mon.poll()
+    s = mon.summary()
+    assert s.state == "failed" and s.dead == [0, 1, 2]
+    assert s.devices[2].error == "rank 2 made no progress for 60 s" and s.devices[2].exit_code == -9
+    assert all(d.state == "failed" for d in s.devices.values())
