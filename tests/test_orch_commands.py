@@ -230,3 +230,26 @@ def test_spec_file_and_command_line_merge(tmp_path):
     spec.write_text("devices: [2\n")
     res = cli("launch", "--spec", spec, "--dry-run")
     assert res.returncode == 2 and "line" in res.stderr
+
+
+def test_metrics_port_serves_process_stats_of_live_ranks(tmp_path):
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    jd = tmp_path / "job"
+    proc = start_launcher(jd, "--steps 10000 --step-time 0.05", "--metrics-port", str(port))
+    try:
+        wait_for(lambda: (jd / "events" / "rank_1.jsonl").exists(), what="rank events")
+        body = ""
+        deadline = time.monotonic() + 20
+        while 'rank="1"' not in body and time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert 'pspnet_process_cpu_seconds_total{' in body and 'rank="0"' in body and 'rank="1"' in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 130
