@@ -172,12 +172,15 @@ def _bad(tmp_path, *args):
 
 def test_bad_input_is_exit_2_and_starts_nothing(tmp_path):
     hccn = FIXTURES / "hccn.conf"
-    assert "unknown device id(s) 8,9" in _bad(tmp_path, "--devices", "0-9", "--backend", "ascend", "--hccn-conf", hccn)
+    assert "unknown device id" in _bad(tmp_path, "--devices", "0-9", "--backend", "ascend", "--hccn-conf", hccn)
     assert "this server has" in _bad(tmp_path, "--devices", "12", "--backend", "ascend", "--hccn-conf", hccn)
     broken = tmp_path / "hccn.conf"
     broken.write_text("address_0=192.168.100.101\naddress_1=not-an-ip\n")
     err = _bad(tmp_path, "--devices", "2", "--backend", "ascend", "--hccn-conf", broken)
     assert str(broken) in err and ":2" in err
+    smi = tmp_path / "npu-smi.txt"
+    smi.write_text("+------+\n| 0  910B4 | OK | garbage\n")
+    assert "npu-smi" in _bad(tmp_path, "--devices", "2", "--backend", "ascend", "--npu-smi", smi)
     assert "--config nope" in _bad(tmp_path, "--devices", "2", "--config", "nope")
     assert "unknown key" in _bad(tmp_path, "--devices", "2", "--", "epochz=3")
     assert "command not found" in _bad(tmp_path, "--devices", "2", "--cmd", "no-such-program-xyz --flag")
