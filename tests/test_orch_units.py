@@ -149,3 +149,37 @@ def test_job_spec_checks_fields(tmp_path):
     s = resolve({"devices": "2", "job_id": "abc", "cmd": "python x.py --a 1"}, runs_dir="runs")
     assert s.cmd == ["python", "x.py", "--a", "1"] and s.job_dir.endswith("runs/abc")
     assert JobSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_console_views_and_rank_filter():
+    import io
+    from orchestrator.console import Console
+    step = {"event": "step", "epoch": 1, "step": 2, "steps_per_epoch": 6, "loss": 0.5, "step_time_s": 0.25}
+    out = io.StringIO()
+    c = Console("stream", ranks=[1], out=out, tty=False)
+    c.listener("rank_0", "zero", None)
+    c.listener("rank_1", "one", None)
+    c.listener("rank_1", "@pspnet {}", step)
+    assert out.getvalue() == "[rank_1] one\n"
+    out = io.StringIO()
+    c = Console("progress", out=out, tty=False)
+    c.listener("rank_0", "log line", None)
+    c.listener("rank_0", "", step)
+    c.listener("rank_0", "", dict(step, step=3))          # throttled: within 2 s of the last line
+    c.listener("rank_0", "", {"event": "finished"})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "epoch 1 step 2/6  loss 0.5000  0.250 s/step" in lines[0]
+    assert "step 3/6" in lines[1] and lines[1].endswith("finished")
+    out = io.StringIO()
+    c = Console("quiet", out=out, tty=False)
+    c.listener("rank_0", "x", step)
+    c.info("launcher says hi")
+    assert out.getvalue() == "launcher says hi\n"
+    out = io.StringIO()
+    c = Console("progress", out=out, tty=True)
+    c.start(["rank_0", "rank_1", "scheduler"])
+    c.listener("rank_1", "", step)
+    time.sleep(0.7)
+    c.finish()
+    text = out.getvalue()
+    assert "\x1b[" in text and "rank_1  epoch 1 step 2/6" in text and "scheduler" not in text
