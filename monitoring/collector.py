@@ -12,7 +12,7 @@ per device, labels ``job, host, rank, device``
     window), ``pspnet_step_duration_seconds`` (histogram of every step time seen), ``pspnet_images_per_second``,
     ``pspnet_loss``, ``pspnet_val_loss``, ``pspnet_epoch``, ``pspnet_global_step``, ``pspnet_steps_total``,
     ``pspnet_miou_ratio``, ``pspnet_best_miou_ratio``, ``pspnet_up``, ``pspnet_last_event_age_seconds``,
-    ``pspnet_straggler``, ``pspnet_device_state`` (one-hot over ``DEVICE_STATES``)
+    ``pspnet_straggler``, ``pspnet_device_state`` (always 1; label ``state``, one of ``DEVICE_STATES``)
 per rank process, labels ``job, host, rank`` (when ``process_stats`` is given: the launcher's live
 ranks, or ``LocalProcessStats`` for ranks of this host in standalone mode)
     ``pspnet_process_cpu_seconds_total``, ``pspnet_process_resident_memory_bytes``
@@ -51,7 +51,8 @@ _TERMINAL = frozenset(("finished", "failed", "stopped"))
 #: its last event is at most this old.
 DEFAULT_STALE_AFTER_S = 300.0
 
-ProcessStats = Mapping[int, Mapping[str, Any]]
+#: ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` (keys may also be ``(job, rank)``)
+ProcessStats = Mapping[Any, Mapping[str, Any]]
 
 
 # ------------------------------------------------------------------ step-time histograms
@@ -150,7 +151,7 @@ class Family:
 
     Rows are ``(label_values, value)`` for gauges and counters and ``(label_values, buckets, sum)``
     for histograms, label values in ``labelnames`` order.  ``to_metric()`` turns it into a
-    prometheus_client family (what the Collector protocol yields); ``render_text`` writes the same
+    prometheus_client family (what the Collector protocol yields); ``TextRenderer.render`` writes the same
     families straight into the text exposition format, much faster than ``generate_latest``
     (which sorts and escapes every label of every sample) and byte-for-byte equal to it.
     """
