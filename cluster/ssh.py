@@ -53,6 +53,10 @@ class SSHError(RuntimeError):
     """An SSH-level failure (connect, authentication, channel), worded for a person."""
 
 
+class ChannelRefused(SSHError):
+    """The server refused one more channel on this connection (sshd's MaxSessions reached)."""
+
+
 # ---------------------------------------------------------------- connections
 
 def connect(host: Any, *, connect_timeout: float = CONNECT_TIMEOUT, keepalive: int = 5):
@@ -278,6 +282,10 @@ class RemoteProcess:
             self.channel.exec_command(command)
         except Exception as exc:  # noqa: BLE001
             self._close_fds()
+            import paramiko
+            if isinstance(exc, paramiko.ChannelException):
+                raise ChannelRefused(f"{self.label}: the server refused another session on this connection "
+                                     f"({exc}); sshd's MaxSessions is reached") from None
             raise SSHError(f"{self.label}: cannot start a remote command: {describe_ssh_error(exc, conn)}") from None
         self._reader = threading.Thread(target=self._pump, name=f"ssh-out-{self.label}", daemon=True)
         self._reader.start()

@@ -35,6 +35,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 CKPT_MARK = "@pspnet-ckpts "
 HOSTS_JSON = "hosts.json"
+#: long-running processes per SSH connection (sshd's MaxSessions defaults to 10 channels per connection)
+PROCESSES_PER_CONNECTION = 6
 CONFIG_COPY = "config.resolved.yaml"
 LOOPBACK = ("127.0.0.1", "localhost", "", "::1")
 
@@ -54,6 +56,7 @@ class HostSession:
         self.job_id = job_id
         self.local_job_dir = os.path.abspath(local_job_dir) if local_job_dir else ""
         self._conns: Dict[str, Any] = {}
+        self._proc_conns: Dict[str, List[List[Any]]] = {}   # host -> [[connection, live processes], ...]
         self._lock = threading.Lock()
         self.preflight = None
 
@@ -72,6 +75,43 @@ class HostSession:
     def conns(self) -> Dict[str, Any]:
         return {h.name: self.conn(h.name) for h in self.hosts}
 
+    def process_conn(self, name: str):
+        """A connection for one more long-running process on host ``name``.
+
+        sshd allows ``MaxSessions`` (default 10) channels per connection, and a server with 8 or 16
+        devices runs that many ranks plus the scheduler: each connection carries at most
+        ``PROCESSES_PER_CONNECTION`` processes, more connections are opened as needed.  Call
+        ``release(name, conn)`` when the process ends.
+        """
+        from cluster import ssh
+        with self._lock:
+            slots = self._proc_conns.setdefault(name, [])
+            for slot in slots:
+                if slot[1] < PROCESSES_PER_CONNECTION and slot[0].is_connected:
+                    slot[1] += 1
+                    return slot[0]
+            if not slots and name in self._conns:   # reuse the preflight's connection first
+                conn = self._conns[name]
+            else:
+                conn = ssh.connect(self.by_name[name])
+            slots.append([conn, 1])
+            return conn
+
+    def mark_full(self, name: str, conn: Any) -> None:
+        """The server refused another channel on ``conn``: use other connections from now on."""
+        with self._lock:
+            for slot in self._proc_conns.get(name, []):
+                if slot[0] is conn:
+                    slot[1] = max(slot[1] - 1, 0) + PROCESSES_PER_CONNECTION * 1000
+                    return
+
+    def release(self, name: str, conn: Any) -> None:
+        with self._lock:
+            for slot in self._proc_conns.get(name, []):
+                if slot[0] is conn and slot[1] > 0:
+                    slot[1] -= 1
+                    return
+
     def remote_job_dir(self, host: Any) -> str:
         return posixpath.join(host.remote_job_root(), self.job_id)
 
@@ -84,12 +124,14 @@ class HostSession:
 
     def close(self) -> None:
         with self._lock:
-            for c in self._conns.values():
+            conns = list(self._conns.values()) + [slot[0] for slots in self._proc_conns.values() for slot in slots]
+            for c in conns:
                 try:
                     c.close()
                 except Exception:  # noqa: BLE001
                     pass
             self._conns.clear()
+            self._proc_conns.clear()
 
 
 def load_hosts(spec: Any) -> List[Any]:
@@ -247,6 +289,8 @@ class RemoteLauncher:
                     ssh.put_bytes(conn, posixpath.join(remote, name), data, host=host.name)
             except ssh.SSHError as exc:
                 return str(exc)
+            finally:
+                ssh.close_sftp(conn)   # its channel would count against the host's MaxSessions
             return None
 
         problems = [p for p in ssh.run_parallel(s.hosts, one) if p]
@@ -321,18 +365,26 @@ class RemoteLauncher:
         command = self.command_for(spec)
         label = host.name
 
-        def on_exit(proc) -> None:
-            try:
-                sink.close()
-            except Exception:  # noqa: BLE001
-                pass
+        for _ in range(8):   # a refused channel (MaxSessions) moves the process to another connection
+            conn = self.session.process_conn(host.name)
 
-        try:
-            proc = ssh.RemoteProcess(self.session.conn(host.name), command, sink.line, label=label,
-                                     on_exit=on_exit)
-        except ssh.SSHError as exc:
-            raise LaunchError(f"{spec.name} on {host.name}: {exc}") from None
-        return RemoteWorker(spec, host, proc, sink)
+            def on_exit(proc, conn=conn) -> None:
+                self.session.release(host.name, conn)
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+            try:
+                proc = ssh.RemoteProcess(conn, command, sink.line, label=label, on_exit=on_exit)
+            except ssh.ChannelRefused:
+                self.session.mark_full(host.name, conn)
+                continue
+            except ssh.SSHError as exc:
+                self.session.release(host.name, conn)
+                raise LaunchError(f"{spec.name} on {host.name}: {exc}") from None
+            return RemoteWorker(spec, host, proc, sink)
+        raise LaunchError(f"{spec.name} on {host.name}: the server refused new SSH sessions on every connection")
 
 
 def launcher_for(plan: Any) -> "RemoteLauncher":

@@ -11,7 +11,7 @@ streaming, files copied by SFTP) is real.
         cluster.write_hostfile(tmp_path / "hosts.yaml")
 
 The pytest fixture ``sshd_cluster`` (import it into a test module) yields a factory:
-``sshd_cluster(n)`` -> a started ``SshdCluster`` that is stopped after the test.
+``sshd_cluster(n, max_sessions=100)`` -> a started ``SshdCluster`` that is stopped after the test.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class SshdHost:
 class SshdCluster:
     """``n`` sshd servers on 127.0.0.2 ... 127.0.0.(n+1) sharing one host key and one client key."""
 
-    def __init__(self, tmp_path: Path, n: int = 2, first: int = 2) -> None:
+    def __init__(self, tmp_path: Path, n: int = 2, first: int = 2, max_sessions: int = 100) -> None:
         self.dir = Path(tmp_path) / "sshd"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
@@ -129,7 +129,7 @@ class SshdCluster:
         self.python = sys.executable
         self.workdir = str(ROOT)
         self.hosts: List[SshdHost] = []
-        self._n, self._first = n, first
+        self._n, self._first, self._max_sessions = n, first, max_sessions
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "SshdCluster":
@@ -162,7 +162,7 @@ class SshdCluster:
                 "UseDNS no",
                 "PrintMotd no",
                 "MaxStartups 100:30:200",
-                "MaxSessions 100",
+                f"MaxSessions {self._max_sessions}",
                 "LogLevel ERROR",
                 "Subsystem sftp internal-sftp",
                 "",
@@ -213,8 +213,8 @@ class SshdCluster:
 def sshd_cluster(tmp_path):
     started: List[SshdCluster] = []
 
-    def make(n: int = 2) -> SshdCluster:
-        c = SshdCluster(tmp_path / f"c{len(started)}", n, first=2 + 10 * len(started))
+    def make(n: int = 2, **kwargs) -> SshdCluster:
+        c = SshdCluster(tmp_path / f"c{len(started)}", n, first=2 + 10 * len(started), **kwargs)
         started.append(c)
         return c.start()
 

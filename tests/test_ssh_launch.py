@@ -225,18 +225,24 @@ def test_restart_resumes_from_the_newest_step_every_host_holds(sshd_cluster, tmp
     cluster = sshd_cluster(2)
     hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
     job = tmp_path / "runs" / "job-restart"
-    res = run_launch(launch_argv(hostfile, job, "--steps 4 --ckpt-every 1 --crash-at 3 --bad-rank 1",
+    res = run_launch(launch_argv(hostfile, job, "--steps 36 --step-time 0.1 --ckpt-every 1 --crash-at 30 --bad-rank 1",
                                  "--max-restarts", "1"), tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     data = job_json(job)
     assert len(data["attempts"]) == 2
     resume = data["attempts"][1]["resume"]
-    # rank 1 died before its step-3 checkpoint: step 2 is the newest that both hosts hold
-    assert resume["global_step"] == 2
+    assert resume is not None, res.stdout
+    # what each rank had checkpointed when attempt 0 ended (rank 1 died before step 30: 29 at most;
+    # rank 0, started on another host at another moment, was somewhere else when the group went down)
+    held = {r: max(e["global_step"] for e in events(job, r) if e["event"] == "checkpoint" and e["attempt"] == 0)
+            for r in (0, 1)}
+    assert held[1] == 29
+    assert resume["global_step"] == min(held.values())
     for r, h in enumerate(cluster.hosts):
         assert resume["paths"][str(r)].startswith(cluster.job_root(h) + "/job-restart/ckpt/rank_%d/" % r)
-    resumed = [e for e in events(job, 1) if e["event"] == "resumed"]
-    assert resumed and resumed[-1]["global_step"] == 2
+        resumed = [e for e in events(job, r) if e["event"] == "resumed"]
+        assert resumed and resumed[-1]["global_step"] == resume["global_step"] and resumed[-1]["attempt"] == 1
+        assert [e["event"] for e in events(job, r)][-1] == "finished"
 
 
 def test_ascend_discovery_over_ssh_gives_one_merged_rank_table_on_every_host(sshd_cluster, tmp_path, fixtures_dir):
@@ -270,3 +276,16 @@ def test_ascend_discovery_over_ssh_gives_one_merged_rank_table_on_every_host(ssh
         assert json.loads(copy.read_text()) == table
         assert (env["RANK_ID"], env["DEVICE_ID"], env["PSPNET_HOST"]) == (str(rank), str(rank % 2), host.name)
         assert "MS_SCHED_HOST" not in env
+
+
+def test_many_ranks_on_one_host_fit_under_sshd_max_sessions(sshd_cluster, tmp_path):
+    """sshd allows few channels per connection (MaxSessions); 7 ranks + the scheduler on one host with
+    MaxSessions 4 still start: the launcher spreads them over several connections."""
+    cluster = sshd_cluster(1, max_sessions=4)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml", devices="7")
+    job = tmp_path / "runs" / "job-many"
+    res = run_launch([sys.executable, "-m", "orchestrator.cli", "launch", "--hosts", str(hostfile), "--devices", "7",
+                      "--job-dir", str(job), "--quiet", "--cmd", f"python {FAKE} --steps 2"], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r in range(7):
+        assert [e["event"] for e in events(job, r)][-1] == "finished"
