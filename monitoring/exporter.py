@@ -77,6 +77,7 @@ class JobsSource:
         self._lock = threading.Lock()
         self._last_poll = -math.inf
         self._summaries: List[JobSummary] = []
+        self.errors: Dict[int, str] = {}       # monitor index -> last error
         self.polls = 0
 
     def __call__(self) -> List[JobSummary]:
@@ -84,9 +85,15 @@ class JobsSource:
             now = time.monotonic()
             if now - self._last_poll >= self.min_refresh_s or not self._summaries:
                 out = []
-                for mon in self.monitors:
-                    mon.poll()
-                    out.append(mon.summary())
+                for i, mon in enumerate(self.monitors):
+                    try:
+                        mon.poll()
+                        out.append(mon.summary())
+                        self.errors.pop(i, None)
+                    except Exception as exc:  # noqa: BLE001 - one unreadable job must not hide the others
+                        self.errors[i] = f"{type(exc).__name__}: {exc}"
+                        if i < len(self._summaries):
+                            out.append(self._summaries[i])      # keep what was known
                 self._summaries = out
                 self._last_poll = time.monotonic()
                 self.polls += 1

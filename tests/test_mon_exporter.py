@@ -542,3 +542,17 @@ def test_exporter_serves_plain_text_logs_of_other_tools(fixtures_dir):
     assert value(smp, "pspnet_best_miou_ratio", rank="1", device="1") == 0.7048
     assert value(smp, "pspnet_best_miou_ratio", rank="3", device="3") == 0.6963
     assert value(smp, "pspnet_step_time_seconds", rank="0") == pytest.approx(1.292189)
+
+
+def test_one_failing_job_does_not_hide_the_others(tmp_path):
+    from monitoring.exporter import JobsSource
+    JobWriter(tmp_path / "a", job="a", ranks=1).steps(0, 1, 2, 0.1)
+    JobWriter(tmp_path / "b", job="b", ranks=1).steps(0, 1, 2, 0.2)
+    src = JobsSource([tmp_path / "a", tmp_path / "b"], min_refresh_s=0)
+    assert [j.job for j in src()] == ["a", "b"]
+
+    def broken():
+        raise PermissionError("events/rank_0.jsonl: permission denied")
+    src.monitors[1].poll = broken
+    assert [j.job for j in src()] == ["a", "b"]          # b: the last state known
+    assert "permission denied" in src.errors[1]
