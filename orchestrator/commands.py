@@ -50,7 +50,10 @@ def add_commands(sub: Any) -> None:
                    help="a rank that sends no event for S seconds after compiling is hung (0: off) [900]")
     p.add_argument("--startup-timeout", type=float,
                    help="seconds a rank may take to its first compiled/step event (0: off) [1800]")
-    p.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL when stopping the group [10]")
+    p.add_argument("--grace", type=float,
+                   help="seconds between SIGTERM and SIGKILL when the job is stopped (signal, `stop`) [10]")
+    p.add_argument("--failure-grace", type=float,
+                   help="seconds between SIGTERM and SIGKILL when a rank failed and the group goes down [0.3]")
     p.add_argument("--backend", choices=("auto", "cpu", "ascend", "gpu"), help="[auto: ascend if found, else cpu]")
     p.add_argument("--mode", choices=("auto", "dynamic", "ranktable"),
                    help="[auto: ranktable on ascend, dynamic otherwise]")
@@ -142,7 +145,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cli: Dict[str, Any] = {
         "devices": args.devices, "hosts": args.hosts, "config": args.config, "job_dir": args.job_dir,
         "job_id": args.job_id, "max_restarts": args.max_restarts, "hang_timeout": args.hang_timeout,
-        "startup_timeout": args.startup_timeout, "grace": args.grace, "backend": args.backend, "mode": args.mode,
+        "startup_timeout": args.startup_timeout, "grace": args.grace, "failure_grace": args.failure_grace, "backend": args.backend, "mode": args.mode,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "sched_port": args.sched_port,
         "sched_host": args.sched_host, "cmd": args.cmd, "bind_cores": args.bind_cores, "hccn_conf": args.hccn_conf,
         "npu_smi": args.npu_smi, "rank_table_format": args.rank_table_format,

@@ -32,6 +32,7 @@ DEFAULT_RUNS = "runs"
 DEFAULT_HANG_TIMEOUT = 900.0
 DEFAULT_STARTUP_TIMEOUT = 1800.0
 DEFAULT_GRACE = 10.0
+DEFAULT_FAILURE_GRACE = 0.3
 
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -54,7 +55,8 @@ class JobSpec:
     max_restarts: int = 0
     hang_timeout: float = DEFAULT_HANG_TIMEOUT      # 0: off
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT  # before the first compiled/step event
-    grace: float = DEFAULT_GRACE            # SIGTERM -> SIGKILL
+    grace: float = DEFAULT_GRACE            # SIGTERM -> SIGKILL when stopping (signal, `stop`)
+    failure_grace: float = DEFAULT_FAILURE_GRACE   # SIGTERM -> SIGKILL after a rank failed
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
     sched_host: str = "127.0.0.1"
@@ -108,7 +110,7 @@ class JobSpec:
                 raise bad(key, f"{getattr(self, key)!r} is not an integer") from None
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
-        for key in ("hang_timeout", "startup_timeout", "grace"):
+        for key in ("hang_timeout", "startup_timeout", "grace", "failure_grace"):
             try:
                 setattr(self, key, float(getattr(self, key)))
             except (TypeError, ValueError):

@@ -242,7 +242,8 @@ def describe_plan(plan: JobPlan, workers: List[WorkerSpec]) -> str:
     if plan.config_sha:
         lines.append(f"config: {spec.config} (config_sha {plan.config_sha})")
     lines.append(f"restarts: up to {spec.max_restarts}; hang timeout {spec.hang_timeout:g} s "
-                 f"(startup {spec.startup_timeout:g} s); grace {spec.grace:g} s")
+                 f"(startup {spec.startup_timeout:g} s); grace {spec.grace:g} s (after a failure "
+                 f"{spec.failure_grace:g} s)")
     if plan.rank_table is not None:
         from cluster.ranktable import rank_table_json
         lines.append("rank table (rank_table.json):")

@@ -201,7 +201,8 @@ class JobRunner:
         self.console.info(f"attempt {attempt}: started {len(self.live)} process(es) "
                           f"({self.plan.world_size} rank(s), {self.plan.mode}); logs in {self.paths.logs_dir}")
         sup = Supervisor(self.live, sinks, hang_timeout=self.spec.hang_timeout,
-                         startup_timeout=self.spec.startup_timeout, grace=self.spec.grace, stop=self.stop)
+                         startup_timeout=self.spec.startup_timeout, grace=self.spec.grace,
+                         failure_grace=self.spec.failure_grace, stop=self.stop)
         result = sup.run()
         for h in self.live.values():
             h.join_output(2.0)

@@ -6,7 +6,10 @@ The owner loop (orchestrator/runner.py) starts the workers, hands their handles 
 Failure = the first rank that exits non-zero or by a signal, the scheduler doing so, or a rank that
 sends no event for ``hang_timeout`` seconds (the clock starts at its first ``compiled``/``step``
 event; before that it has ``startup_timeout`` for import, data preparation and graph compilation).
-Then every process gets SIGTERM (to its whole process group), and SIGKILL after ``grace`` seconds.
+Then every process gets SIGTERM (to its whole process group), and SIGKILL after ``failure_grace``
+seconds (default 0.3 s: the group is broken anyway, and ranks blocked in a collective would not act on
+SIGTERM; checkpoints are written atomically, so nothing is torn).  A requested stop (signal, ``stop``)
+gives ``grace`` seconds instead, so ranks can end cleanly.
 
 Waiting is cheap and fast: the loop sleeps in ``select`` on the workers' pidfds (Linux >= 5.3), so a
 death wakes it at once; without pidfds it polls every ``poll_interval`` seconds.
@@ -80,6 +83,7 @@ class AttemptResult:
 class Supervisor:
     def __init__(self, workers: Mapping[str, WorkerHandle], sinks: Mapping[str, RankSink], *,
                  hang_timeout: float = 0.0, startup_timeout: float = 0.0, grace: float = 10.0,
+                 failure_grace: float = 0.3,
                  stop: Optional[StopRequest] = None, poll_interval: float = 0.02,
                  scheduler_linger: float = 30.0) -> None:
         self.workers = dict(workers)
@@ -87,6 +91,7 @@ class Supervisor:
         self.hang_timeout = float(hang_timeout or 0)
         self.startup_timeout = float(startup_timeout or 0)
         self.grace = float(grace)
+        self.failure_grace = float(failure_grace)
         self.stop = stop or StopRequest()
         self.poll_interval = poll_interval
         self.scheduler_linger = scheduler_linger
@@ -181,7 +186,7 @@ class Supervisor:
     def _bring_down(self, outcome: str, failure: Optional[Failure] = None,
                     stop_reason: Optional[str] = None) -> AttemptResult:
         t0 = time.monotonic()
-        stop_group(self.workers, self.grace, self.exit_codes)
+        stop_group(self.workers, self.failure_grace if outcome == "failed" else self.grace, self.exit_codes)
         down = time.monotonic() - t0
         if failure is not None:
             h = self.workers.get(failure.name)

@@ -79,7 +79,7 @@ def test_rank_env_follows_the_contract(tmp_path):
 def test_crash_brings_group_down_and_is_recorded(tmp_path):
     jd = tmp_path / "crash"
     t0 = time.monotonic()
-    res = launch(jd, "--grace", "5", fake="--steps 200 --step-time 0.05 --crash-at 3 --exit-code 7 --bad-rank 1")
+    res = launch(jd, "--failure-grace", "5", fake="--steps 200 --step-time 0.05 --crash-at 3 --exit-code 7 --bad-rank 1")
     assert res.returncode == 1, res.stderr + res.stdout
     assert time.monotonic() - t0 < 8   # did not run the 10 s of steps nor wait for the grace period
     d = job_json(jd)
@@ -124,7 +124,7 @@ def test_compile_time_is_not_a_hang_but_startup_has_a_limit(tmp_path):
 
 def test_sigterm_ignoring_worker_is_killed_after_grace(tmp_path):
     jd = tmp_path / "stubborn"
-    res = launch(jd, "--hang-timeout", "0.5", "--grace", "1",
+    res = launch(jd, "--hang-timeout", "0.5", "--failure-grace", "1",
                  fake="--steps 400 --step-time 0.02 --hang-at 2 --ignore-sigterm")
     assert res.returncode == 1
     a = job_json(jd)["attempts"][0]

@@ -63,7 +63,7 @@ def test_supervisor_first_failure_stops_all(tmp_path):
           "rank_2": MemWorker(_spec(2), ignores_term=True)}
     sinks = _sinks(tmp_path, ws)
     sinks["rank_1"].line("about to fail")
-    res = Supervisor(ws, sinks, grace=0.2, poll_interval=0.005).run()
+    res = Supervisor(ws, sinks, grace=30, failure_grace=0.2, poll_interval=0.005).run()
     assert res.outcome == "failed" and res.failure.rank == 1 and res.failure.exit_code == 4
     assert res.failure.last_lines == ["about to fail"]
     assert res.exit_codes == {"rank_0": -15, "rank_1": 4, "rank_2": -9}
@@ -78,9 +78,11 @@ def test_supervisor_success_waits_for_scheduler_and_stop_request(tmp_path):
     assert res.outcome == "succeeded" and set(res.exit_codes.values()) == {0}
     stop = StopRequest()
     stop.request("SIGINT")
-    ws = {"rank_0": MemWorker(_spec(0))}
-    res = Supervisor(ws, _sinks(tmp_path, ws), stop=stop, poll_interval=0.005).run()
-    assert res.outcome == "stopped" and res.stop_reason == "SIGINT" and res.exit_codes["rank_0"] == -15
+    ws = {"rank_0": MemWorker(_spec(0)), "rank_1": MemWorker(_spec(1), ignores_term=True)}
+    res = Supervisor(ws, _sinks(tmp_path, ws), stop=stop, grace=0.3, failure_grace=0.0, poll_interval=0.005).run()
+    assert res.outcome == "stopped" and res.stop_reason == "SIGINT"
+    assert res.exit_codes == {"rank_0": -15, "rank_1": -9}
+    assert res.group_down_s >= 0.3          # a stop gives the full grace, not the failure grace
 
 
 def test_hang_clock_starts_after_compile(tmp_path):
