@@ -177,7 +177,8 @@ def test_preflight_names_each_failing_host_once(sshd_cluster, tmp_path):
     text = cluster.hostfile_text()
     # host1: a python that does not exist; host2: an interpreter without the project on its path
     text = text.replace("  - name: host1\n", "  - name: host1\n    python: /opt/none/bin/python\n")
-    text = text.replace("  - name: host2\n", "  - name: host2\n    python: /usr/bin/python3\n    workdir: /\n")
+    bare = getattr(sys, "_base_executable", None) or sys.executable   # the interpreter under the venv
+    text = text.replace("  - name: host2\n", f"  - name: host2\n    python: {bare}\n    workdir: /\n")
     hostfile = tmp_path / "hosts.yaml"
     hostfile.write_text(text)
     res = run_launch(launch_argv(hostfile, tmp_path / "j", "") + ["--dry-run"], tmp_path)
@@ -185,7 +186,7 @@ def test_preflight_names_each_failing_host_once(sshd_cluster, tmp_path):
     lines = [l.strip() for l in res.stderr.splitlines() if l.strip().startswith("host")]
     assert len(lines) == 2, res.stderr
     assert lines[0].startswith("host1: python not found: /opt/none/bin/python")
-    assert lines[1].startswith("host2: the project is not importable by /usr/bin/python3")
+    assert lines[1].startswith(f"host2: the project is not importable by {bare}")
 
 
 def test_paths_with_spaces_and_quotes_survive(sshd_cluster, tmp_path):
