@@ -403,7 +403,11 @@ class Exporter:
             return self.renderer.render(self.collector.families())
 
     def state(self) -> Dict[str, Any]:
-        return state_json(self.source())
+        out = state_json(self.source())
+        errors = [f"{k}: {v}" for k, v in sorted(self.collector.last_errors.items())]
+        errors += [f"job {i}: {e}" for i, e in sorted(getattr(self.source, "errors", {}).items())]
+        out["errors"] = errors
+        return out
 
     def static(self, name: str) -> bytes:
         body = self._static.get(name)

@@ -556,3 +556,11 @@ def test_one_failing_job_does_not_hide_the_others(tmp_path):
     src.monitors[1].poll = broken
     assert [j.job for j in src()] == ["a", "b"]          # b: the last state known
     assert "permission denied" in src.errors[1]
+    from monitoring.exporter import Exporter
+    exp = Exporter(src, port=0)                           # what /api/state answers (the page shows it)
+    try:
+        st = exp.state()
+        assert [j["job"] for j in st["jobs"]] == ["a", "b"]
+        assert any("permission denied" in e for e in st["errors"])
+    finally:
+        exp.close()

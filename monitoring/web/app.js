@@ -93,6 +93,10 @@
 
   function render(state) {
     var jobs = state.jobs || [];
+    var errs = state.errors || [];
+    var banner = $("errors");
+    banner.hidden = !errs.length;
+    banner.textContent = errs.length ? "exporter: " + errs.join("; ") : "";
     var sel = $("job-select");
     if (jobs.length > 1) {
       sel.hidden = false;
