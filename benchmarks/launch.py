@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -65,26 +65,39 @@ def kill_tree(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_bare(worker: Path, n: int, args: List[str], timeout: float) -> float:
+def run_bare(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -> Tuple[float, Path]:
+    logs = tmp / f"bare-{n}-{time.monotonic_ns()}"
+    logs.mkdir()
     port = free_port()
     base = dict(os.environ, MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT=str(port), MS_WORKER_NUM=str(n))
     t0 = time.perf_counter()
+    files = [open(logs / f"{name}.log", "w") for name in ["scheduler"] + [f"rank_{r}" for r in range(n)]]
     procs = [subprocess.Popen([PY, str(worker), *args], env=dict(base, MS_ROLE="MS_SCHED"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+                              stdout=files[0], stderr=subprocess.STDOUT, start_new_session=True)]
     for r in range(n):
         procs.append(subprocess.Popen([PY, str(worker), *args],
                                       env=dict(base, MS_ROLE="MS_WORKER", MS_NODE_ID=str(r), RANK_ID=str(r)),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+                                      stdout=files[r + 1], stderr=subprocess.STDOUT, start_new_session=True))
     try:
         for p in procs:
             p.wait(timeout)
     finally:
         for p in procs:
             kill_tree(p)
-    return time.perf_counter() - t0
+        for f in files:
+            f.close()
+    return time.perf_counter() - t0, logs
 
 
-def run_ours(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -> float:
+def check_ok(log_dir: Path, n: int, kind: str) -> None:
+    """A run only counts when every rank really joined and finished (guards against silent failures)."""
+    text = "".join(p.read_text(errors="replace") for p in log_dir.rglob("*.log")) if log_dir.exists() else ""
+    got = sum(f"rank {r} ok" in text for r in range(n))
+    if got != n:
+        raise SystemExit(f"{kind}: only {got} of {n} ranks finished; see {log_dir}")
+
+
+def run_ours(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -> Tuple[float, Path]:
     job = tmp / f"ours-{n}-{time.monotonic_ns()}"
     cmd = [PY, "-m", "orchestrator.cli", "launch", "--devices", str(n), "--job-dir", str(job), "--quiet",
            "--grace", "2", "--cmd", " ".join(["python", str(worker), *args])]
@@ -95,15 +108,17 @@ def run_ours(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -
         p.wait(timeout)
     finally:
         kill_tree(p)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, job / "logs"
 
 
-def run_msrun(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -> float:
+def run_msrun(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) -> Tuple[float, Path]:
     logs = tmp / f"msrun-{n}-{time.monotonic_ns()}"
     cmd = [MSRUN, f"--worker_num={n}", f"--local_worker_num={n}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", f"--log_dir={logs}", "--join=True", str(worker), *args]
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # msrun starts `python` from PATH: make that this interpreter (the venv's)
+    env = dict(os.environ, PATH=str(Path(PY).parent) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.Popen(cmd, cwd=str(tmp), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:
         p.wait(timeout)
@@ -111,21 +126,29 @@ def run_msrun(worker: Path, n: int, args: List[str], tmp: Path, timeout: float) 
         pass
     finally:
         kill_tree(p)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, logs
 
 
-def death_latency(kind: str, worker: Path, n: int, tmp: Path, timeout: float) -> Optional[float]:
+def death_latency(kind: str, worker: Path, n: int, tmp: Path, timeout: float) -> Tuple[Optional[float], str]:
+    """Seconds from rank 1's exit to the launcher returning, and a note (ours: job.json's figures)."""
     stamp = tmp / f"death-{kind}-{time.monotonic_ns()}"
     args = ["die", str(stamp)]
-    if kind == "ours":
-        run_ours(worker, n, args, tmp, timeout)
-    else:
-        run_msrun(worker, n, args, tmp, timeout)
+    fn = run_ours if kind == "ours" else run_msrun
+    _t, logs = fn(worker, n, args, tmp, timeout)
     end = time.time()
+    note = ""
+    if kind == "ours":
+        import json
+        try:
+            a = json.loads((logs.parent / "job.json").read_text())["attempts"][0]
+            seen = a["failure"]["at"] - float(stamp.read_text())
+            note = f"(death seen after {seen:.3f} s, group down {a['group_down_s']:.3f} s after that)"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     try:
-        return end - float(stamp.read_text())
+        return end - float(stamp.read_text()), note
     except (OSError, ValueError):
-        return None
+        return None, ""
 
 
 def main() -> int:
@@ -150,12 +173,9 @@ def main() -> int:
             for k in kinds:
                 best = float("inf")
                 for _ in range(opts.repeat):
-                    if k == "bare":
-                        t = run_bare(worker, n, ["ok"], opts.timeout)
-                    elif k == "ours":
-                        t = run_ours(worker, n, ["ok"], tmp, opts.timeout)
-                    else:
-                        t = run_msrun(worker, n, ["ok"], tmp, opts.timeout)
+                    fn = {"bare": run_bare, "ours": run_ours, "msrun": run_msrun}[k]
+                    t, logs = fn(worker, n, ["ok"], tmp, opts.timeout)
+                    check_ok(logs, n, k)
                     best = min(best, t)
                 times[k] = best
             line = f"{n:>3} " + " ".join(f"{times[k]:>8.2f}s" for k in kinds)
@@ -166,9 +186,9 @@ def main() -> int:
         print("\n# rank death -> whole group down and launcher returned (rank 1 exits 1 after init)")
         n = max(2, sizes[0])
         for k in ["ours"] + ([] if opts.skip_msrun else ["msrun"]):
-            lat = death_latency(k, worker, n, tmp, opts.timeout)
-            print(f"{k:>6} N={n}: " + ("no figure (the dying rank never ran)" if lat is None else f"{lat:.3f} s"),
-                  flush=True)
+            lat, note = death_latency(k, worker, n, tmp, opts.timeout)
+            print(f"{k:>6} N={n}: " + ("no figure (the dying rank never ran)" if lat is None else f"{lat:.3f} s")
+                  + (f"  {note}" if note else ""), flush=True)
     return 0
 
 
