@@ -2,8 +2,9 @@
 
 ``SshdCluster(tmp_path, n)`` starts ``/usr/sbin/sshd`` on 127.0.0.2, 127.0.0.3, ... (one process per
 address, an unprivileged port), with a throwaway host key and a test client key made by ssh-keygen
-under ``tmp_path``.  The remote python is this machine's interpreter and the remote working dir this
-repository, so each "host" runs the same checkout: everything else (SSH, process groups, output
+under ``tmp_path``.  The remote python is this machine's interpreter (with the project installed), the
+remote working dir a directory under ``tmp_path``, and each host has its own job root, so each "host" runs
+the same checkout but shares no job files: everything else (SSH, process groups, output
 streaming, files copied by SFTP) is real.
 
     with SshdCluster(tmp_path, 2) as cluster:
@@ -127,7 +128,10 @@ class SshdCluster:
         self.host_key = self.dir / "host_key"
         self.known_hosts = self.dir / "known_hosts"
         self.python = sys.executable
-        self.workdir = str(ROOT)
+        # the hosts' working dir: not this checkout (ranks write scratch files into their cwd); the
+        # project is importable anyway, installed (editable) into the interpreter
+        self.workdir = str(self.dir / "home")
+        Path(self.workdir).mkdir(exist_ok=True)
         self.hosts: List[SshdHost] = []
         self._n, self._first, self._max_sessions = n, first, max_sessions
 
