@@ -19,7 +19,7 @@ Schema (version 1; readers ignore unknown keys)::
       "attempts": [
         {
           "attempt": 0,                      # PSPNET_ATTEMPT of its ranks
-          "state": "running" | "succeeded" | "failed" | "stopped",
+          "state": "running" | "succeeded" | "failed" | "stopped" | "lost",   # lost: launcher was killed
           "start": 1764151000.2, "end": 1764151020.9 | null,
           "mode": "dynamic" | "ranktable",
           "rendezvous": {"host": "127.0.0.1", "port": 40123} | null,
@@ -30,7 +30,7 @@ Schema (version 1; readers ignore unknown keys)::
           "failure": null | {
               "rank": 1 | null,              # null: the scheduler or the launcher itself
               "name": "rank_1" | "scheduler",
-              "reason": "exit" | "signal" | "hang" | "startup" | "launch",
+              "reason": "exit" | "signal" | "hang" | "startup" | "launch" | "launcher",
               "exit_code": 3 | -9 | null, "signal": "SIGKILL" | null,
               "at": 1764151010.4,            # when the launcher saw it
               "message": "rank 1 exited with code 3",

@@ -114,6 +114,13 @@ class JobRunner:
                 (Path(self.spec.job_dir) / STOP_REQUEST_FILE).unlink()
             except OSError:
                 pass
+            for a in self.state.attempts:      # left "running" by a launcher that was killed
+                if a.get("state") == "running":
+                    a["state"] = "lost"
+                    a["failure"] = a.get("failure") or {
+                        "name": "launcher", "rank": None, "reason": "launcher", "exit_code": None, "signal": None,
+                        "at": None, "message": "the launcher died while this attempt ran (killed?); its ranks "
+                                               "died with it", "last_lines": []}
             self.state.set_launcher(os.getpid())
             if self.plan.rank_table is not None:
                 from cluster.ranktable import write_rank_table

@@ -256,3 +256,26 @@ def test_metrics_port_serves_process_stats_of_live_ranks(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
     assert proc.returncode == 130
+
+
+def test_resume_after_the_launcher_was_killed(tmp_path):
+    jd = tmp_path / "job"
+    proc = start_launcher(jd, "--steps 60 --step-time 0.05 --ckpt-every 5")
+    try:
+        wait_for(lambda: ckpt_steps(jd, 0) and ckpt_steps(jd, 1), what="checkpoints on both ranks")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert job_json(jd)["state"] == "running"       # what the killed launcher left behind
+    res = cli("resume", jd, "--quiet")
+    assert res.returncode == 0, res.stdout + res.stderr
+    d = job_json(jd)
+    assert d["state"] == "succeeded" and d["attempts"][0]["state"] == "lost"
+    assert d["attempts"][0]["failure"]["reason"] == "launcher"
+    start = d["attempts"][1]["resume"]["global_step"]
+    assert start >= 5
+    for r in (0, 1):
+        evs = [json.loads(l) for l in (jd / "events" / f"rank_{r}.jsonl").read_text().splitlines()]
+        assert [e["global_step"] for e in evs if e["event"] == "step" and e["attempt"] == 1] == list(range(start + 1, 61))
