@@ -72,12 +72,17 @@ def test_two_hosts_run_to_completion_with_host_labels(sshd_cluster, tmp_path):
     cluster = sshd_cluster(2)
     hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
     job = tmp_path / "runs" / "job-ok"
-    res = run_launch(launch_argv(hostfile, job, "--steps 3 --ckpt-every 1"), tmp_path)
+    res = run_launch(launch_argv(hostfile, job, "--steps 3 --ckpt-every 1 --print-env"), tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     for rank, host in ((0, "host0"), (1, "host1")):
         evs = events(job, rank)
         assert [e["event"] for e in evs][-1] == "finished"
         assert {e["host"] for e in evs} == {host}
+        log = (job / "logs" / f"rank_{rank}.log").read_text().splitlines()
+        env = json.loads(next(l for l in log if l.startswith("ENV "))[4:])
+        # the dynamic cluster's scheduler runs on the first host, and every rank is told its address
+        assert env["MS_SCHED_HOST"] == "127.0.0.2" and env["MS_WORKER_NUM"] == "2"
+        assert env["PSPNET_JOB_DIR"] == str(Path(cluster.job_root(cluster.hosts[rank])) / "job-ok")
         assert "rank %d: done" % rank in (job / "logs" / f"rank_{rank}.log").read_text()
         # checkpoints stay on the rank's host: in that host's job root, not in the local job dir
         remote = Path(cluster.job_root(cluster.hosts[rank])) / "job-ok" / "ckpt" / f"rank_{rank}"
@@ -142,6 +147,25 @@ def test_ctrl_c_reaches_every_host(sshd_cluster, tmp_path):
     try:
         pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
         proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert not any(alive(p) for p in pids.values())
+    assert job_json(job)["state"] == "stopped"
+
+
+def test_the_stop_command_reaches_every_host(sshd_cluster, tmp_path):
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-stop"
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
+        stop = run_launch([sys.executable, "-m", "orchestrator.cli", "stop", str(job)], tmp_path)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
