@@ -8,7 +8,8 @@ Stable API (the exporter, web dashboard, `top`, `summary` and the report build o
     agg.feed_text(rec)                  # one monitoring.textlog.TextRecord with .rank set
     agg.set_job_info(job_json_dict)     # job.json as read (tolerant: unknown or missing keys are fine)
     agg.touch(rank, ts)                 # a text source changed at ts (text lines carry no time)
-    summary = agg.snapshot(now=None)    # -> monitoring.state.JobSummary (fresh objects; safe to keep)
+    summary = agg.snapshot(now=None)    # -> monitoring.state.JobSummary (fresh objects, safe to keep;
+                                        #    treat the *_history lists as read-only: they are shared)
     agg.series(rank)                    # whole-run downsampled series for plots (dict of lists)
 
     mon = JobMonitor(paths, job=None)   # finds sources (monitoring.sources), tails them incrementally
@@ -84,16 +85,32 @@ class RunQuantiles:
         np.clip(idx, 0, _NBUCKETS - 1, out=idx)
         self._hist += np.bincount(idx, minlength=_NBUCKETS)
 
-    def quantile(self, q: float) -> Optional[float]:
+    def quantiles(self, qs: Sequence[float]) -> List[Optional[float]]:
         if self.count == 0:
-            return None
+            return [None for _ in qs]
         if self._exact is not None:
-            return float(np.percentile(np.asarray(self._exact), q * 100.0))
+            v = sorted(self._exact)
+            return [percentile_sorted(v, q) for q in qs]
         cum = np.cumsum(self._hist)
-        target = q * (self.count - 1) + 1
-        b = int(np.searchsorted(cum, target))
-        mid = HIST_LO * HIST_RATIO ** (b + 0.5)   # geometric middle of the bucket
-        return float(min(mid, self.max)) if self.max is not None else float(mid)
+        out: List[Optional[float]] = []
+        for q in qs:
+            b = int(np.searchsorted(cum, q * (self.count - 1) + 1))
+            mid = HIST_LO * HIST_RATIO ** (b + 0.5)   # geometric middle of the bucket
+            out.append(float(min(mid, self.max)) if self.max is not None else float(mid))
+        return out
+
+    def quantile(self, q: float) -> Optional[float]:
+        return self.quantiles((q,))[0]
+
+
+def percentile_sorted(v: Sequence[float], q: float) -> float:
+    """Quantile ``q`` (0..1) of sorted values, linear interpolation (numpy's default method)."""
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    frac = pos - lo
+    a, b = v[lo], v[hi]
+    return float(a + (b - a) * frac) if frac < 0.5 else float(b - (b - a) * (1.0 - frac))
 
 
 class Series:
@@ -144,6 +161,31 @@ class _Device:
         self.pending: List[float] = []            # step times not yet folded into the statistics
         self.pending_loss: List[float] = []
         self.epoch_step_times: List[tuple] = []   # (epoch, mean step time) from epoch events / TimeMonitor
+        self._stats_key: Any = None                # snapshot caches: recomputed only when inputs changed
+        self._stats: tuple = (None,) * 6
+        self._hist_key: Any = None
+        self._hists: tuple = ([], [])
+
+    def stats(self) -> tuple:
+        """(window p50, p95, max, run p50, p95, max), cached until new step times arrive."""
+        key = (self.run.count, len(self.window))
+        if key != self._stats_key:
+            w = sorted(self.window)
+            win = (percentile_sorted(w, 0.5), percentile_sorted(w, 0.95), w[-1]) if w else (None, None, None)
+            p50, p95 = self.run.quantiles((0.5, 0.95))
+            self._stats = win + (p50, p95, self.run.max)
+            self._stats_key = key
+        return self._stats
+
+    def histories(self) -> tuple:
+        """(step-time history, loss history) without gaps, cached until something is appended."""
+        key = (len(self.recent_steps), id(self.recent_steps[-1]) if self.recent_steps else None,
+               len(self.recent_loss), id(self.recent_loss[-1]) if self.recent_loss else None)
+        if key != self._hist_key:
+            self._hists = ([(a, b) for a, b in self.recent_steps if b is not None],
+                           [(a, b) for a, b in self.recent_loss if b is not None])
+            self._hist_key = key
+        return self._hists
 
     def flush(self) -> None:
         if self.pending:
@@ -572,18 +614,14 @@ class Aggregator:
         devices: Dict[int, DeviceState] = {}
         for rank, d in sorted(self.devices.items()):
             d.flush()
-            s = DeviceState(**{k: getattr(d.state, k) for k in d.state.__dataclass_fields__})
-            s.step_time_history = [(a, b) for a, b in d.recent_steps if b is not None]
-            s.loss_history = [(a, b) for a, b in d.recent_loss if b is not None]
+            s = DeviceState.__new__(DeviceState)          # a shallow copy, cheaper than copy.copy
+            s.__dict__.update(d.state.__dict__)
+            # the histories are shared with the cache (replaced, never mutated, when data arrives):
+            # readers must treat them as read-only
+            s.step_time_history, s.loss_history = d.histories()
             s.miou_history = list(d.state.miou_history)
-            if d.window:
-                w = np.asarray(d.window, dtype=np.float64)
-                s.step_time_p50_s = float(np.percentile(w, 50))
-                s.step_time_p95_s = float(np.percentile(w, 95))
-                s.step_time_max_s = float(w.max())
-            s.run_step_time_p50_s = d.run.quantile(0.5)
-            s.run_step_time_p95_s = d.run.quantile(0.95)
-            s.run_step_time_max_s = d.run.max
+            (s.step_time_p50_s, s.step_time_p95_s, s.step_time_max_s,
+             s.run_step_time_p50_s, s.run_step_time_p95_s, s.run_step_time_max_s) = d.stats()
             if s.last_event_ts is not None:
                 s.last_event_age_s = max(0.0, now - s.last_event_ts)
             code = exit_codes.get(rank)
@@ -636,15 +674,22 @@ class Aggregator:
 
 def stragglers(p50: Dict[int, float], margin: float) -> List[int]:
     """Ranks whose p50 exceeds the median of the OTHER ranks' p50 by more than ``margin``."""
+    n = len(p50)
+    if n < 2:
+        return []
+    order = sorted(p50.items(), key=lambda kv: kv[1])
+    v = [x for _, x in order]
+    m = n - 1                                     # size of "the others"
+
+    def other(j: int, skip: int) -> float:       # j-th smallest of v without index ``skip``
+        return v[j] if j < skip else v[j + 1]
+
     out = []
-    if len(p50) < 2:
-        return out
-    for r, v in sorted(p50.items()):
-        others = [x for q, x in p50.items() if q != r]
-        med = float(np.median(others))
-        if med > 0 and v > med * (1.0 + margin):
-            out.append(r)
-    return out
+    for i, (rank, value) in enumerate(order):
+        med = other(m // 2, i) if m % 2 else (other(m // 2 - 1, i) + other(m // 2, i)) / 2.0
+        if med > 0 and value > med * (1.0 + margin):
+            out.append(rank)
+    return sorted(out)
 
 
 def _derived_state(devices: Dict[int, DeviceState]) -> str:

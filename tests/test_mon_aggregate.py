@@ -3,6 +3,8 @@ import io
 import json
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from monitoring.aggregate import EXACT_LIMIT, Aggregator, JobMonitor, RunQuantiles, Series, stragglers
@@ -257,3 +259,11 @@ def test_orchestrator_job_json_form_ranks_and_failure(tmp_path):
     assert s.state == "failed" and s.dead == [0, 1, 2]
     assert s.devices[2].error == "rank 2 made no progress for 60 s" and s.devices[2].exit_code == -9
     assert all(d.state == "failed" for d in s.devices.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 2000), st.floats(0.001, 10.0), max_size=40), st.floats(0.0, 1.0))
+def test_stragglers_equal_the_definition(p50, margin):
+    expected = [r for r in sorted(p50)
+                if len(p50) > 1 and float(np.median([x for q, x in p50.items() if q != r])) * (1 + margin) < p50[r]]
+    assert stragglers(p50, margin) == expected
