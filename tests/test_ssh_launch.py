@@ -314,3 +314,24 @@ def test_many_ranks_on_one_host_fit_under_sshd_max_sessions(sshd_cluster, tmp_pa
     assert res.returncode == 0, res.stdout + res.stderr
     for r in range(7):
         assert [e["event"] for e in events(job, r)][-1] == "finished"
+
+
+def test_resume_asks_every_host_for_its_checkpoints(sshd_cluster, tmp_path):
+    """`pspnet-cluster resume` of a failed multi-host job: preflight again, then each rank continues from
+    its own host's file of the newest step every rank holds."""
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-resume"
+    first = run_launch(launch_argv(hostfile, job, "--steps 34 --step-time 0.1 --ckpt-every 1 --crash-at 30 "
+                                                  "--bad-rank 0"), tmp_path)
+    assert first.returncode == 1, first.stdout + first.stderr
+    res = run_launch([sys.executable, "-m", "orchestrator.cli", "resume", str(job), "--quiet"], tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = job_json(job)
+    assert data["state"] == "succeeded" and len(data["attempts"]) == 2
+    resume = data["attempts"][1]["resume"]
+    held = {r: max(e["global_step"] for e in events(job, r) if e["event"] == "checkpoint" and e["attempt"] == 0)
+            for r in (0, 1)}
+    assert held[0] == 29 and resume["global_step"] == min(held.values())
+    for r, h in enumerate(cluster.hosts):
+        assert resume["paths"][str(r)].startswith(cluster.job_root(h) + "/job-resume/ckpt/rank_%d/" % r)
