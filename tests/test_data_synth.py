@@ -153,7 +153,8 @@ def test_progress_line_only_when_slow(tmp_path, monkeypatch):
     clock = iter(range(0, 1000, 2))           # every call 2 "seconds" later
     monkeypatch.setattr(synth.time, "monotonic", lambda: float(next(clock)))
     synth.generate(tmp_path / "slow", images=3, log=lines.append)
-    assert lines and "images written to" in lines[0] and lines[-1].startswith("synth: done")
+    assert lines and "generating a data set in" in lines[0] and lines[-1].startswith("synth: done")
+    assert "3/3 images" in lines[-2]
 
 
 def test_ensure_dataset_concurrent_processes(tmp_path):

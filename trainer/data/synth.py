@@ -156,11 +156,13 @@ def _log(msg: str) -> None:
 
 def generate(root: PathLike, images: int = 48, seed: int = 0, size: Tuple[int, int] = (160, 120),
              val_fraction: float = 0.25, classes: int = CLASSES, train_list: str = "train.txt",
-             val_list: str = "val.txt", log: Optional[Callable[[str], None]] = _log) -> Dict[str, Any]:
+             val_list: str = "val.txt", log: Optional[Callable[[str], None]] = _log,
+             display: Optional[str] = None) -> Dict[str, Any]:
     """Write a VOC-format data set of ``images`` images (train + val) into ``root``; returns its summary.
 
     The list files are written last, so a directory with both lists is complete.  ``size`` is
-    (width, height).  ``log`` gets a short progress line when generation takes more than a second.
+    (width, height).  ``log`` gets a short progress line when generation takes more than a second,
+    naming ``display`` (default: ``root``).
     """
     if images < 2:
         raise ValueError(f"images must be at least 2 (one train, one val), got {images}")
@@ -184,7 +186,7 @@ def generate(root: PathLike, images: int = 48, seed: int = 0, size: Tuple[int, i
         (root / LABEL_DIR / f"{name}.png").write_bytes(encode_palette_png(label, palette))
         lines.append(f"{IMAGE_DIR}/{name}.jpg {LABEL_DIR}/{name}.png\n")
         if log and time.monotonic() - t0 > 1.0 and (not announced or (i + 1) % max(1, images // 5) == 0):
-            log(f"synth: {i + 1}/{images} images written to {root}")
+            log(f"synth: generating a data set in {display or root}: {i + 1}/{images} images")
             announced = True
     summary = {"images": images, "train": images - n_val, "val": n_val, "seed": int(seed),
                "size": [int(size[0]), int(size[1])], "classes": classes, "format": "voc2012"}
@@ -244,7 +246,7 @@ def ensure_dataset(cfg: Dict[str, Any], log: Optional[Callable[[str], None]] = _
     try:
         generate(tmp, images=int(cfg.get("synth_images", 48)), seed=0,
                  classes=min(int(cfg.get("classes", CLASSES)), CLASSES),
-                 train_list=lists[0], val_list=lists[1], log=log)
+                 train_list=lists[0], val_list=lists[1], log=log, display=str(root))
         try:
             os.rename(tmp, root)   # atomic; replaces a missing or empty directory only
         except OSError:
