@@ -781,6 +781,7 @@ class JobMonitor:
         self.sources: Dict[Path, Any] = {}
         self._parsers: Dict[Path, Any] = {}
         self.job_json: Optional[Path] = None
+        self.last_poll_bytes = 0      # bytes the last poll read (0: all sources consumed)
 
     def refresh_sources(self) -> None:
         found = self._discover(self.paths)
@@ -798,7 +799,9 @@ class JobMonitor:
         if self.job_json is not None:
             self.aggregator.set_job_info(read_job_json(self.job_json))
         lines = 0
-        for chunk in self.tailer.poll():
+        chunks = self.tailer.poll()
+        self.last_poll_bytes = self.tailer.last_bytes
+        for chunk in chunks:
             src = self.sources.get(chunk.path)
             if src is None:
                 continue

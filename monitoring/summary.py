@@ -31,7 +31,8 @@ def group_paths(paths: Sequence[Any]) -> List[List[Path]]:
 def read_all(monitor: JobMonitor, max_polls: int = 100000) -> None:
     """Poll until every source is consumed (a poll reads at most the tailer's max_read per file)."""
     for _ in range(max_polls):
-        if monitor.poll() == 0:
+        monitor.poll()
+        if monitor.last_poll_bytes == 0:
             return
 
 

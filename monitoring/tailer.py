@@ -5,6 +5,7 @@ incomplete last line.  ``poll()`` returns, per file that grew, one ``Chunk`` of 
 (ending with ``\\n``); a partial last line is held back until its newline arrives.  A file that
 shrinks (truncated) or is replaced (rotated: a new inode at the same path) is re-read from its
 start and its chunk carries ``reset=True`` (the held-back partial line of the old file is dropped).
+A "line" longer than ``max_line`` (4 MiB) is dropped up to its newline instead of being buffered.
 A file that does not exist yet is simply waited for.  Nothing here raises on I/O errors: a file
 that cannot be read is skipped for this poll.
 """
@@ -19,6 +20,8 @@ PathLike = Union[str, os.PathLike]
 
 #: Most bytes read from one file in one poll (a huge backlog is consumed over several polls).
 MAX_READ = 64 << 20
+#: A "line" longer than this is not a log line: it is dropped (up to its newline), not buffered.
+MAX_LINE = 4 << 20
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Chunk:
 
 
 class _Followed:
-    __slots__ = ("path", "offset", "ident", "partial", "pending_reset")
+    __slots__ = ("path", "offset", "ident", "partial", "pending_reset", "skipping")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,14 +41,17 @@ class _Followed:
         self.ident: Optional[tuple] = None
         self.partial = b""
         self.pending_reset = False
+        self.skipping = False      # inside an over-long line: drop bytes up to the next newline
 
 
 class Tailer:
     """Incremental reader of many files; see the module docstring."""
 
-    def __init__(self, max_read: int = MAX_READ) -> None:
+    def __init__(self, max_read: int = MAX_READ, max_line: int = MAX_LINE) -> None:
         self.max_read = int(max_read)
+        self.max_line = int(max_line)
         self._files: Dict[Path, _Followed] = {}
+        self.last_bytes = 0          # bytes read by the last poll (0: every file is consumed)
 
     def add(self, path: PathLike) -> None:
         p = Path(path)
@@ -65,6 +71,7 @@ class Tailer:
         return 0 if f is None else f.offset
 
     def poll(self) -> List[Chunk]:
+        self.last_bytes = 0
         out = []
         for f in list(self._files.values()):
             chunk = self._poll_one(f)
@@ -85,7 +92,7 @@ class Tailer:
             ident = (st.st_dev, st.st_ino)
             reset = False
             if f.ident is not None and (ident != f.ident or st.st_size < f.offset):
-                f.offset, f.partial, reset = 0, b"", True
+                f.offset, f.partial, f.skipping, reset = 0, b"", False, True
             f.ident = ident
             if st.st_size == f.offset and not reset:
                 return None
@@ -97,9 +104,17 @@ class Tailer:
         if not data and not reset:
             return None
         f.offset += len(data)
+        self.last_bytes += len(data)
+        if f.skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return None
+            data, f.skipping = data[nl + 1:], False
         buf = f.partial + data if f.partial else data
         cut = buf.rfind(b"\n") + 1
         f.partial = buf[cut:]
+        if len(f.partial) > self.max_line:
+            f.partial, f.skipping = b"", True
         reset = reset or f.pending_reset
         if cut == 0:
             f.pending_reset = reset

@@ -73,3 +73,18 @@ def test_missing_file_is_waited_for_and_huge_backlog_comes_in_pieces(tmp_path):
     for _ in range(40):
         got += _data(t.poll())
     assert got == p.read_bytes()
+
+
+def test_an_overlong_line_is_dropped_not_buffered(tmp_path):
+    p = tmp_path / "bin.log"
+    p.write_bytes(b"ok 1\n" + b"x" * 5000)
+    t = Tailer(max_line=1000)
+    t.add(p)
+    assert _data(t.poll()) == b"ok 1\n"
+    with open(p, "ab") as fh:
+        fh.write(b"y" * 3000)
+    assert t.poll() == []
+    with open(p, "ab") as fh:
+        fh.write(b"z\nok 2\n")
+    assert _data(t.poll()) == b"ok 2\n"          # the rest of the long line is skipped
+    assert t.offset(p) == p.stat().st_size
