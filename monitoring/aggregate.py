@@ -282,10 +282,8 @@ class Aggregator:
             return
         self._common(d, ev)
         s = d.state
-        if name == "start":
-            attempt = _int(ev.get("attempt"), 0) or 0
-            if attempt > s.attempt or s.state in ("unknown",):
-                s.error = None
+        if name == "start":                  # a (re)started process: its earlier error is history
+            s.error = None
             s.state = "starting"
             s.pid = _int(ev.get("pid"), s.pid)
         elif name == "compiled":
