@@ -59,7 +59,7 @@ SCHEMA: Dict[str, Tuple[Any, str]] = {
     "batch_size_val": (16, "validation batch size per device"),
     "epochs": (50, "training epochs"),
     "max_steps_per_epoch": (0, "cap on steps per epoch (0: the whole shard)"),
-    "seed": (1234, "random seed (each rank adds its rank id to its data seed)"),
+    "seed": (1234, "random seed: data order and augmentation come from (seed, epoch, sample), dropout from (seed, rank, step)"),
     "workers": (2, "parallel data-loading workers per rank"),
     "val_every": (1, "validate every N epochs (0: never)"),
     "ckpt_every": (1, "checkpoint every N epochs (0: only the last)"),
