@@ -88,7 +88,7 @@ COLUMNS = ("rank", "dev", "host", "state", "epoch", "steps", "step ms p50", "p95
 def device_row(dev: DeviceState) -> List[str]:
     epoch = str(dev.epoch) + (f"/{dev.epochs}" if dev.epochs else "")
     return [str(dev.rank), "-" if dev.device is None else str(dev.device), dev.host or "-", dev.state, epoch,
-            str(dev.steps_seen), fmt_ms(dev.step_time_p50_s), fmt_ms(dev.step_time_p95_s),
+            str(dev.global_step or dev.steps_seen), fmt_ms(dev.step_time_p50_s), fmt_ms(dev.step_time_p95_s),
             fmt_ms(dev.step_time_max_s), fmt_ms(dev.run_step_time_p50_s), fmt_ms(dev.run_step_time_p95_s),
             fmt_ms(dev.step_time_s), fmt_num(dev.images_per_s, 2), fmt_num(dev.loss), fmt_num(dev.val_loss),
             fmt_num(dev.miou), fmt_num(dev.best_miou), fmt_age(dev.last_event_age_s), flags(dev)]
