@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/aggregate.py --lines 200000  # smaller
 
 Writes ``--ranks`` files events/rank_<R>.jsonl of ``--lines`` EventWriter-formatted lines each (mostly
-step events, an epoch event every 1000 steps; ~250 bytes a line) into a temporary job dir, then:
+step events, an epoch event every 1000 steps; ~250 bytes a line; a block of ``--distinct`` generated
+lines repeated, since generating is slower than reading) into a temporary job dir, then:
 
 1. full pass: a JobMonitor reads every file from the start (tailer reads, fast chunk path) and a
    snapshot is taken -> lines/s (target >= 1M lines/s);
@@ -43,6 +44,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", type=int, default=8)
     ap.add_argument("--lines", type=int, default=1_000_000, help="event lines per rank")
+    ap.add_argument("--distinct", type=int, default=50_000,
+                    help="distinct lines generated; the file repeats this block (generation is slow, not timed)")
     ap.add_argument("--baseline-lines", type=int, default=200_000, help="lines for the line-by-line baseline")
     ap.add_argument("--new-lines", type=int, default=1000, help="lines appended per incremental pass (all ranks)")
     ap.add_argument("--repeat", type=int, default=20)
@@ -54,7 +57,10 @@ def main() -> int:
     events.mkdir(parents=True, exist_ok=True)
     try:
         t = time.perf_counter()
-        template = "".join(step_lines(0, args.lines, world_size=args.ranks)).encode()
+        distinct = min(args.distinct, args.lines)
+        block = "".join(step_lines(0, distinct, world_size=args.ranks)).encode()
+        reps, rest = divmod(args.lines, distinct)
+        template = block * reps + b"".join(block.splitlines(keepends=True)[:rest])
         for r in range(args.ranks):
             make_rank_file(template, r, events / f"rank_{r}.jsonl")
         total_lines = args.ranks * args.lines

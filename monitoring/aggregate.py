@@ -230,9 +230,9 @@ def _int(value: Any, default: Optional[int] = None) -> Optional[int]:
 # fast path: patterns over a whole chunk of one rank's event file
 _STEP_TAG = b'"event":"step"'
 _EVENT_RE = re.compile(rb'"event":"([^"\n]*)"')
-_STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}\s]*)')
-_LOSS_RE = re.compile(rb'"loss":([^,}\s]*)')
-_TS_RE = re.compile(rb'"ts":([^,}\s]*)')
+_STEP_TIME_RE = re.compile(rb'"step_time_s":([^,}]*)')
+_LOSS_RE = re.compile(rb'"loss":([^,}]*)')
+_TS_RE = re.compile(rb'"ts":([^,}]*)')
 _LAST_FIELDS = ("loss", "lr", "images_per_s", "epoch", "step", "global_step", "steps_per_epoch")
 FAST_MIN_BYTES = 16 << 10     # smaller chunks go line by line (the fixed costs would dominate)
 
