@@ -40,10 +40,15 @@ def write_report(job_dir: Any, out_dir: Optional[Any] = None, now: Optional[floa
     read_all(mon)
     summary = mon.summary(now)
     series = {rank: mon.aggregator.series(rank) for rank in summary.devices}
-    plots = make_plots(summary, series, out)
-    md = summary_markdown(summary, plots)
     path = out / "summary.md"
-    _write(path, md.encode("utf-8"))
+    _write(path, summary_markdown(summary, []).encode("utf-8"))      # the table first: kept if plotting fails
+    try:
+        plots = make_plots(summary, series, out)
+    except Exception as exc:  # noqa: BLE001 - a broken plot must not cost the report
+        _write(path, (summary_markdown(summary, []) + f"\nPlots could not be drawn: {type(exc).__name__}: "
+                      f"{exc}\n").encode("utf-8"))
+        return path
+    _write(path, summary_markdown(summary, plots).encode("utf-8"))
     return path
 
 

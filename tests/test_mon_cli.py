@@ -92,3 +92,14 @@ def test_write_report_api_on_an_empty_job(tmp_path):
     path = write_report(tmp_path / "empty")
     assert path.name == "summary.md" and "No events" in path.read_text()
     assert (path.parent / "step_time.png").exists() and not (path.parent / "miou.png").exists()
+
+
+def test_report_keeps_the_table_when_plotting_fails(job, monkeypatch):
+    import monitoring.report as report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(report, "make_plots", broken)
+    md = report.write_report(job).read_text()
+    assert "| rank |" in md and "Plots could not be drawn: RuntimeError: no backend" in md
