@@ -36,7 +36,7 @@ from monitoring.events import MARKER, parse_line
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|-inf|Infinity))"
 
-_LOSS_RE = re.compile(r"epoch:\s*(\d+)\s*,?\s*step:\s*(\d+)\s*,?\s*loss is\s*" + _NUM)
+_LOSS_RE = re.compile(r"epoch:\s*(\d+)\s*,?\s*step:\s*(\d+)\s*,?\s*loss is\s*\[?\s*" + _NUM)
 _TIME_RE = re.compile(r"(?:Train\s+)?epoch time:\s*" + _NUM + r"\s*ms\s*,\s*per step time:\s*" + _NUM + r"\s*ms",
                       re.IGNORECASE)
 _VAL_RE = re.compile(r"Epoch:\s*(\d+)\s*,\s*val_loss:\s*" + _NUM)

@@ -12,6 +12,7 @@ from monitoring.textlog import TextLogParser, parse_text_line
 @pytest.mark.parametrize("line, kind, fields", [
     ("epoch: 1 step: 1063, loss is 0.62", "step", {"epoch": 1, "step": 1063, "loss": 0.62}),
     ("[INFO] epoch: 3, step: 7, loss is 1.5e-2", "step", {"epoch": 3, "step": 7, "loss": 0.015}),
+    ("epoch: 2 step: 5, loss is [0.25]", "step", {"epoch": 2, "step": 5, "loss": 0.25}),
     ("Train epoch time: 215749.452 ms, per step time: 1307.572 ms", "time",
      {"epoch_time_s": 215.749452, "step_time_s": 1.307572}),
     ("epoch time: 1234.5 ms, per step time: 12.345 ms", "time", {"epoch_time_s": 1.2345, "step_time_s": 0.012345}),
