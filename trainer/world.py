@@ -1,0 +1,201 @@
+"""Where this process stands in the job: read from the environment (contract section 3), then joined.
+
+Three modes:
+
+- ``single``: no cluster variables; one process, no collective communication.
+- ``dynamic``: MindSpore's dynamic cluster (what ``msrun`` sets up; runs on CPU and really averages
+  gradients): ``MS_ROLE`` (``MS_WORKER`` or ``MS_SCHED``), ``MS_SCHED_HOST``, ``MS_SCHED_PORT``,
+  ``MS_WORKER_NUM``, ``MS_NODE_ID``.  The scheduler is started with the same command as the workers; a
+  scheduler process only joins the cluster (``init()`` returns when the workers are done) and exits 0.
+- ``ranktable``: an HCCL rank table on Ascend: ``RANK_TABLE_FILE``, ``RANK_ID``, ``RANK_SIZE``, ``DEVICE_ID``.
+
+:func:`world_from_env` is pure (no MindSpore) and checks the variables; :func:`join` sets the MindSpore
+context, calls ``init()`` and the data-parallel context (gradient mean).  :func:`all_reduce_counts`
+sums integer arrays across ranks exactly (CPU AllReduce only takes float32, so counts travel as 16-bit
+limbs that float32 adds without rounding).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+BACKENDS = {"cpu": "CPU", "ascend": "Ascend", "gpu": "GPU"}
+MODES = ("single", "dynamic", "ranktable")
+
+
+class WorldError(ValueError):
+    """The environment does not describe a valid place in a job (worded for the user)."""
+
+
+@dataclass(frozen=True)
+class World:
+    mode: str                      # single / dynamic / ranktable
+    backend: str                   # cpu / ascend / gpu
+    rank: int
+    size: int
+    device_id: Optional[int]
+    role: str = "worker"           # worker / scheduler
+    sched: Optional[str] = None    # host:port of the dynamic-cluster scheduler
+    rank_table: Optional[str] = None
+
+    @property
+    def is_scheduler(self) -> bool:
+        return self.role == "scheduler"
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode != "single"
+
+    @property
+    def sync_bn(self) -> bool:
+        """SyncBatchNorm where the world is larger than one and the backend has it (Ascend)."""
+        return self.size > 1 and self.backend == "ascend"
+
+    def describe(self) -> str:
+        where = f" scheduler {self.sched}" if self.sched else (f" rank table {self.rank_table}" if self.rank_table else "")
+        return f"{self.mode} world: rank {self.rank}/{self.size}, {self.backend} device {self.device_id}{where}"
+
+
+def _int(env: Mapping[str, str], key: str, default: Optional[int] = None) -> Optional[int]:
+    raw = env.get(key)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise WorldError(f"environment variable {key}={raw!r} is not an integer") from None
+
+
+def world_from_env(env: Optional[Mapping[str, str]] = None, backend: str = "cpu") -> World:
+    """The world this process belongs to, from the environment; raises WorldError on inconsistencies."""
+    env = os.environ if env is None else env
+    if backend not in BACKENDS:
+        raise WorldError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    rank_id = _int(env, "RANK_ID", 0)
+    rank_size = _int(env, "RANK_SIZE", None)
+    device_id = _int(env, "DEVICE_ID", None)
+    role = env.get("MS_ROLE", "").strip()
+    if role:
+        if role not in ("MS_WORKER", "MS_SCHED"):
+            raise WorldError(f"MS_ROLE={role!r}: expected MS_WORKER or MS_SCHED (MindSpore dynamic cluster)")
+        missing = [k for k in ("MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM") if not env.get(k)]
+        if missing:
+            raise WorldError(f"MS_ROLE={role} (dynamic cluster) needs {', '.join(missing)} in the environment")
+        workers = _int(env, "MS_WORKER_NUM")
+        if workers < 1:
+            raise WorldError(f"MS_WORKER_NUM={workers}: must be at least 1")
+        if rank_size is not None and rank_size != workers:
+            raise WorldError(f"RANK_SIZE={rank_size} but MS_WORKER_NUM={workers}: they must agree")
+        node = _int(env, "MS_NODE_ID", rank_id)
+        if role == "MS_WORKER" and not 0 <= node < workers:
+            raise WorldError(f"MS_NODE_ID={node}: must lie in 0..{workers - 1} (MS_WORKER_NUM={workers})")
+        sched = f"{env['MS_SCHED_HOST']}:{env['MS_SCHED_PORT']}"
+        return World("dynamic", backend, node if role == "MS_WORKER" else -1, workers, device_id,
+                     "worker" if role == "MS_WORKER" else "scheduler", sched=sched)
+    table = env.get("RANK_TABLE_FILE", "").strip()
+    if table:
+        if not os.path.isfile(table):
+            raise WorldError(f"RANK_TABLE_FILE={table}: no such file (make one with `pspnet-cluster ranktable`)")
+        if rank_size is None:
+            raise WorldError("RANK_TABLE_FILE is set but RANK_SIZE is not")
+        if not 0 <= rank_id < rank_size:
+            raise WorldError(f"RANK_ID={rank_id}: must lie in 0..{rank_size - 1} (RANK_SIZE={rank_size})")
+        return World("ranktable", backend, rank_id, rank_size, device_id if device_id is not None else rank_id,
+                     rank_table=table)
+    if rank_size not in (None, 1):
+        raise WorldError(f"RANK_SIZE={rank_size} but neither MS_ROLE (dynamic cluster) nor RANK_TABLE_FILE "
+                         f"(HCCL rank table) is set: start ranks with `pspnet-cluster launch`, or unset RANK_SIZE")
+    return World("single", backend, 0, 1, device_id)
+
+
+def set_device(world: World) -> None:
+    import mindspore as ms
+    target = BACKENDS[world.backend]
+    if hasattr(ms, "set_device"):
+        if world.device_id is not None and world.backend != "cpu":
+            ms.set_device(target, world.device_id)
+        else:
+            ms.set_device(target)
+    else:  # older MindSpore
+        kwargs: Dict[str, Any] = {"device_target": target}
+        if world.device_id is not None and world.backend != "cpu":
+            kwargs["device_id"] = world.device_id
+        ms.set_context(**kwargs)
+
+
+def join(world: World) -> World:
+    """Set the MindSpore context (GRAPH_MODE), join the cluster, set data parallelism; returns the world
+    with the rank and size MindSpore assigned."""
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    set_device(world)
+    if not world.distributed:
+        return world
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    if world.is_scheduler:
+        return world
+    rank, size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=size)
+    return replace(world, rank=rank, size=size)
+
+
+# ------------------------------------------------------------------ collectives on host arrays
+
+_REDUCER = None
+LIMB_BITS = 16
+
+
+def _reducer():
+    global _REDUCER
+    if _REDUCER is None:
+        from mindspore import nn, ops
+
+        class _AllReduceSum(nn.Cell):
+            def __init__(self):
+                super().__init__()
+                self.op = ops.AllReduce()
+
+            def construct(self, x):
+                return self.op(x)
+
+        _REDUCER = _AllReduceSum()
+    return _REDUCER
+
+
+def all_reduce_float(world: World, values: np.ndarray) -> np.ndarray:
+    """Sum a float32 array over all ranks (identity in a single-process world)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if world.size <= 1:
+        return values
+    from mindspore import Tensor
+    return _reducer()(Tensor(values)).asnumpy()
+
+
+def split_limbs(counts: np.ndarray, limbs: int = 3) -> np.ndarray:
+    """Non-negative int64 counts (< 2**48) as ``limbs`` float32 arrays of 16-bit digits."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size and (counts.min() < 0 or counts.max() >= 1 << (LIMB_BITS * limbs)):
+        raise ValueError("counts must lie in 0 .. 2**48 - 1")
+    mask = (1 << LIMB_BITS) - 1
+    return np.stack([((counts >> (LIMB_BITS * i)) & mask).astype(np.float32) for i in range(limbs)])
+
+
+def join_limbs(parts: np.ndarray) -> np.ndarray:
+    parts = np.rint(np.asarray(parts, dtype=np.float64)).astype(np.int64)
+    return sum(parts[i] << (LIMB_BITS * i) for i in range(parts.shape[0]))
+
+
+def all_reduce_counts(world: World, counts: np.ndarray) -> np.ndarray:
+    """Exact sum of int64 counts over ranks: each 16-bit limb summed in float32 stays below 2**24
+    for up to 256 ranks, so no count is rounded."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if world.size <= 1:
+        return counts.copy()
+    if world.size > 256:
+        raise ValueError("all_reduce_counts is exact for up to 256 ranks")
+    return join_limbs(all_reduce_float(world, split_limbs(counts)))
