@@ -156,6 +156,24 @@ def test_ctrl_c_reaches_every_host(sshd_cluster, tmp_path):
     assert job_json(job)["state"] == "stopped"
 
 
+def test_ranks_die_with_a_killed_launcher(sshd_cluster, tmp_path):
+    """kill -9 of the launcher: its SSH connections close, and every host's wrapper takes its rank down."""
+    cluster = sshd_cluster(2)
+    hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
+    job = tmp_path / "runs" / "job-orphan"
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
+        proc.kill()
+        proc.wait(10)
+        # the wrappers SIGTERM the rank at once (the fake worker dies of it); 10 s is only a bound
+        wait_for(lambda: not any(alive(p) for p in pids.values()), timeout=10, what="remote ranks to die")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_the_stop_command_reaches_every_host(sshd_cluster, tmp_path):
     cluster = sshd_cluster(2)
     hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
