@@ -61,7 +61,15 @@ class ChannelRefused(SSHError):
 
 def connect(host: Any, *, connect_timeout: float = CONNECT_TIMEOUT, keepalive: int = 5):
     """A (not yet opened) fabric Connection for a HostSpec."""
+    import logging
+
     from fabric import Config, Connection
+
+    # paramiko logs what we report ourselves, worded for the user (e.g. a refused channel): keep it off
+    # the console unless the application configures logging
+    plog = logging.getLogger("paramiko")
+    if not plog.handlers:
+        plog.addHandler(logging.NullHandler())
 
     kwargs: Dict[str, Any] = {}
     if getattr(host, "identity_file", None):
