@@ -118,17 +118,18 @@ class Supervisor:
                 else:
                     time.sleep(timeout)
                 failure = self._reap(sel, fds)
-                if failure is not None:
+                ranks_ok = all(self.exit_codes[n] == 0 for n in ranks)
+                if failure is not None and not (failure.rank is None and ranks_ok):
                     return self._bring_down("failed", failure=failure)
-                if all(self.exit_codes[n] == 0 for n in ranks):
-                    # every rank done: the scheduler finishes by itself, shortly
+                if ranks_ok:
+                    # every rank done (the job's work is complete): the scheduler finishes by itself,
+                    # shortly; how it ends no longer decides the outcome
                     ranks_done_at = ranks_done_at or time.monotonic()
                     running = [n for n in self.workers if self.exit_codes[n] is None]
                     if not running:
                         return AttemptResult("succeeded", dict(self.exit_codes))
-                    if time.monotonic() - ranks_done_at > self.scheduler_linger:
-                        result = self._bring_down("succeeded")
-                        return result
+                    if self.stop.is_set() or time.monotonic() - ranks_done_at > self.scheduler_linger:
+                        return self._bring_down("succeeded")
                     continue
                 if self.stop.is_set():
                     return self._bring_down("stopped", stop_reason=self.stop.reason or "stop")

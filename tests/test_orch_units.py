@@ -185,3 +185,20 @@ def test_console_views_and_rank_filter():
     c.finish()
     text = out.getvalue()
     assert "\x1b[" in text and "rank_1  epoch 1 step 2/6" in text and "scheduler" not in text
+
+
+def test_scheduler_ending_badly_after_every_rank_finished_is_still_success(tmp_path):
+    ws = {"scheduler": MemWorker(_spec(-1, ROLE_SCHEDULER), exit_at=0.08, code=1),
+          "rank_0": MemWorker(_spec(0), exit_at=0.01), "rank_1": MemWorker(_spec(1), exit_at=0.02)}
+    res = Supervisor(ws, _sinks(tmp_path, ws), poll_interval=0.005).run()
+    assert res.outcome == "succeeded" and res.exit_codes["scheduler"] == 1
+    # ...but a scheduler that dies while ranks still work fails the attempt
+    ws = {"scheduler": MemWorker(_spec(-1, ROLE_SCHEDULER), exit_at=0.01, code=1), "rank_0": MemWorker(_spec(0))}
+    res = Supervisor(ws, _sinks(tmp_path, ws), poll_interval=0.005).run()
+    assert res.outcome == "failed" and res.failure.name == "scheduler" and res.failure.rank is None
+    # a lingering scheduler is stopped on request
+    stop = StopRequest()
+    ws = {"scheduler": MemWorker(_spec(-1, ROLE_SCHEDULER)), "rank_0": MemWorker(_spec(0), exit_at=0.0)}
+    stop.request("SIGINT")
+    res = Supervisor(ws, _sinks(tmp_path, ws), stop=stop, poll_interval=0.005, scheduler_linger=60).run()
+    assert res.outcome == "succeeded" and res.exit_codes["scheduler"] == -15
