@@ -32,7 +32,15 @@ def main() -> int:
     ap.add_argument("--data", default=str(Path.home() / ".cache" / "pspnet-cluster" / "bench-voc"))
     ap.add_argument("--images", type=int, default=24, help="images in the generated data set")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--isa", default=None, help="ONEDNN_MAX_CPU_ISA to use ('' for oneDNN's own choice); "
+                    "default: the trainer's (AVX2)")
     args = ap.parse_args()
+    if args.isa is not None:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa
+        if not args.isa:
+            del os.environ["ONEDNN_MAX_CPU_ISA"]
+    from trainer.world import tune_cpu_env
+    tune_cpu_env("cpu")
 
     from mindspore import Tensor
     from trainer.config import load_config
@@ -69,7 +77,7 @@ def main() -> int:
     print(f"crop {args.crop} batch {args.batch}: compile {compile_s:.1f} s; step median {med:.3f} s, "
           f"min {min(times):.3f} s over {len(times)} steps; {args.batch / med:.2f} images/s; "
           f"data wait share {sum(waits) / sum(times):.4f}; load average at start {load:.2f} on "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
     if args.crop == 225 and args.batch == 2:
         print(f"reference 3.7 s/step: this run is {REFERENCE_S / med:.2f}x the reference speed")
     return 0

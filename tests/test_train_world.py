@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from trainer.world import WorldError, all_reduce_counts, join_limbs, split_limbs, world_from_env, World
+from trainer.world import (WorldError, World, all_reduce_counts, join_limbs, split_limbs, tune_cpu_env,
+                           world_from_env)
 
 DYN = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118", "MS_WORKER_NUM": "2",
        "MS_NODE_ID": "1", "RANK_ID": "1", "RANK_SIZE": "2", "DEVICE_ID": "1"}
@@ -63,3 +64,12 @@ def test_single_world_reduce_is_identity():
     w = World("single", "cpu", 0, 1, None)
     c = np.arange(6).reshape(2, 3)
     np.testing.assert_array_equal(all_reduce_counts(w, c), c)
+
+
+def test_cpu_env_defaults_keep_user_values():
+    env = {}
+    assert tune_cpu_env("cpu", env) == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    assert tune_cpu_env("cpu", env) == {} and env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+    env = {}
+    assert tune_cpu_env("ascend", env) == {} and env == {}

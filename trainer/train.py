@@ -32,7 +32,7 @@ import numpy as np
 
 from monitoring.events import EventWriter
 from trainer.config import ConfigError, config_sha, load_config, parse_overrides
-from trainer.world import World, WorldError, world_from_env
+from trainer.world import World, WorldError, tune_cpu_env, world_from_env
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA = 0, 1, 2, 3
 
@@ -345,6 +345,7 @@ def _on_signal(signum, frame):  # noqa: ARG001
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_cpu_env(args.backend)      # before MindSpore loads (see trainer/world.py)
     try:
         cfg = load_config(args.config, parse_overrides(args.overrides))
         world = world_from_env(backend=args.backend)
