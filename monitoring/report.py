@@ -90,7 +90,7 @@ def make_plots(summary: JobSummary, series: Dict[int, Dict[str, list]], out: Pat
         if s["step_time_s"]:
             ax.plot(s["step_x"], [v * 1000.0 for v in s["step_time_s"]], lw=0.8, label=_label(summary, rank))
             drawn = True
-    ax.set_xlabel("step (index within the run; every point for short runs, evenly thinned for long ones)")
+    ax.set_xlabel("reported step (index within the run; evenly thinned for long runs)")
     ax.set_ylabel("step time (ms)")
     ax.set_title("Step time per device")
     if drawn:
@@ -105,7 +105,7 @@ def make_plots(summary: JobSummary, series: Dict[int, Dict[str, list]], out: Pat
         if s["loss"]:
             ax.plot(s["loss_x"], s["loss"], lw=0.8, label=_label(summary, rank))
             drawn = True
-    ax.set_xlabel("step (index within the run)")
+    ax.set_xlabel("reported step (index within the run)")
     ax.set_ylabel("training loss")
     ax.set_title("Loss per device")
     if drawn:
