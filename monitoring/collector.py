@@ -61,8 +61,8 @@ class StepTimeHistograms:
     """Cumulative step-time bucket counts per (job, rank), kept by the collector.
 
     Fed either one observation at a time (``observe``; an aggregator may call it for each step record)
-    or, when nobody does, from each device's bounded ``step_time_history``: entries newer than the
-    last one taken are added on the next scrape.  A rank whose attempt changes keeps its counts
+    or, when nobody does, from each device's bounded ``step_time_history``: entries with an event
+    timestamp newer than the newest one taken are added on the next scrape.  A rank whose attempt changes keeps its counts
     (a counter-like family must never go down while the exporter runs).
     """
 
@@ -71,7 +71,7 @@ class StepTimeHistograms:
         self._les = tuple(_le(b) for b in self.bounds) + ("+Inf",)
         self._counts: Dict[Tuple[str, int], List[int]] = {}
         self._sums: Dict[Tuple[str, int], float] = {}
-        self._last: Dict[Tuple[str, int], tuple] = {}
+        self._last_ts: Dict[Tuple[str, int], float] = {}
         self._fed_directly: set = set()
         self._lock = threading.Lock()
 
@@ -97,33 +97,36 @@ class StepTimeHistograms:
         self._sums[key] += v
 
     def update_from(self, dev: DeviceState) -> None:
-        """Take the entries of ``dev.step_time_history`` not taken yet.
+        """Take the entries of ``dev.step_time_history`` newer than the newest one taken.
 
-        The history is a bounded list of ``(ts, seconds)`` in arrival order (``ts`` is None for
-        text-log records).  An entry is new when it comes after the last one taken: found again by
-        identity (the aggregator hands out the same tuples) or, failing that, by its timestamp.
-        When the last one taken has been pushed out of the bounded history, all entries count.
+        The history is a bounded list of ``(ts, seconds)`` in arrival order; each snapshot may hand
+        out a fresh copy, so entries are told apart by their event timestamp.  Entries without one
+        (text-log records: TimeMonitor's per-epoch mean "per step time", not single steps) are not
+        counted.  When more steps arrived between two scrapes than the history holds, the
+        older ones are missed (the gauges and percentiles still include them).
         """
         key = (dev.job, int(dev.rank))
         hist = dev.step_time_history
         if not hist or key in self._fed_directly:
             return
         with self._lock:
-            last = self._last.get(key)
-            start = 0
-            if last is not None:
-                if hist[-1] is last:
-                    return
-                last_ts = last[0] if isinstance(last[0], (int, float)) else None
-                for j in range(len(hist) - 1, -1, -1):
-                    e = hist[j]
-                    ts = e[0]
-                    if e is last or (last_ts is not None and isinstance(ts, (int, float)) and ts <= last_ts):
-                        start = j + 1
+            last = self._last_ts.get(key)
+            i = len(hist)
+            newest = None
+            while i > 0:
+                ts = hist[i - 1][0]
+                if isinstance(ts, (int, float)):
+                    if last is not None and ts <= last:
                         break
-            for entry in hist[start:]:
-                self._add(key, entry[1])
-            self._last[key] = hist[-1]
+                    if newest is None:
+                        newest = ts
+                i -= 1
+            if newest is None:
+                return
+            for ts, value in hist[i:]:
+                if isinstance(ts, (int, float)):
+                    self._add(key, value)
+            self._last_ts[key] = newest
 
     def buckets(self, job: str, rank: int) -> Optional[Tuple[List[Tuple[str, float]], float]]:
         """``([(le, cumulative count), ...], sum)`` for HistogramMetricFamily, or None when empty."""

@@ -184,15 +184,19 @@ def test_histogram_counts_each_step_once_across_scrapes():
     assert [le for le, _ in h.buckets("j", 0)[0]] == [repr(b) for b in STEP_TIME_BUCKETS] + ["+Inf"]
 
 
-def test_histogram_text_records_without_timestamps_are_found_by_identity():
-    a, b, c = (None, 1.3), (None, 1.3), (None, 1.4)      # TimeMonitor lines: no ts, equal values possible
-    d = device(0, step_time_history=[a, b])
+def test_histogram_counts_fresh_copies_of_the_history_once_and_skips_text_records():
     h = StepTimeHistograms()
+    d = device(0, step_time_history=[(1.0, 0.2), (None, 1.3), (2.0, 0.2)])
     h.update_from(d)
-    d.step_time_history = [a, b, c]
+    # the aggregator hands out a new list of new tuples with the same entries plus one new step
+    d.step_time_history = [(1.0, 0.2), (None, 1.3), (2.0, 0.2), (None, 1.3), (3.0, 0.7)]
     h.update_from(d)
     h.update_from(d)
-    assert dict(h.buckets("j", 0)[0])["+Inf"] == 3
+    cum = dict(h.buckets("j", 0)[0])
+    assert cum["+Inf"] == 3 and cum["0.25"] == 2          # per-epoch text means (ts None) not counted
+    d2 = device(1, step_time_history=[(None, 1.3)])       # a text-only device has no histogram
+    h.update_from(d2)
+    assert h.buckets("j", 1) is None
 
 
 def test_histogram_fed_directly_ignores_history():
