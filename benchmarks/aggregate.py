@@ -19,7 +19,6 @@ Figures are wall-clock on whatever machine runs it; on a shared machine they are
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
