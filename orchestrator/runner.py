@@ -270,12 +270,20 @@ def format_failure(job_dir: str, attempt: int, result: AttemptResult) -> str:
         if others:
             lines.append("others: " + ", ".join(f"{n} {_short(c)}" for n, c in sorted(others.items())))
         if f.last_lines:
-            lines.append(f"last lines of {f.name}:")
-            lines.extend(f"  | {l}" for l in f.last_lines[-10:])
+            shown = _readable_tail(f.last_lines)
+            lines.append(f"last lines of {f.name}" + (" (MindSpore [INFO]/[WARNING] lines left out)"
+                                                      if len(shown) < min(10, len(f.last_lines)) else "") + ":")
+            lines.extend(f"  | {l if len(l) <= 300 else l[:297] + '...'}" for l in shown)
         if f.rank is not None:
             lines.append(f"full log: {Path(job_dir) / 'logs' / f'{f.name}.log'}")
     lines.append("-" * 60)
     return "\n".join(lines)
+
+
+def _readable_tail(lines: List[str], n: int = 10) -> List[str]:
+    """The last ``n`` lines, without MindSpore's own [INFO]/[WARNING] log lines when others exist."""
+    plain = [l for l in lines if not l.startswith(("[INFO]", "[WARNING]"))]
+    return (plain or list(lines))[-n:]
 
 
 def _short(code: Optional[int]) -> str:

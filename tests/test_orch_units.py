@@ -202,3 +202,13 @@ def test_scheduler_ending_badly_after_every_rank_finished_is_still_success(tmp_p
     stop.request("SIGINT")
     res = Supervisor(ws, _sinks(tmp_path, ws), stop=stop, poll_interval=0.005, scheduler_linger=60).run()
     assert res.outcome == "succeeded" and res.exit_codes["scheduler"] == -15
+
+
+def test_failure_block_is_readable():
+    from orchestrator.runner import format_failure
+    lines = ["[WARNING] ME(1) noise"] * 15 + ["Traceback (most recent call last):", "ValueError: " + "x" * 400]
+    f = Failure("rank_1", 1, "exit", 1, None, time.time(), "rank 1 exited with code 1", lines)
+    text = format_failure("/j", 0, AttemptResult("failed", {"rank_0": -15, "rank_1": 1}, f, group_down_s=0.05))
+    assert "first failure: rank 1 exited with code 1" in text and "rank_0 SIGTERM" in text
+    assert "noise" not in text and "  | Traceback" in text and "..." in text
+    assert "/j/logs/rank_1.log" in text
