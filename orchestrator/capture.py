@@ -16,10 +16,16 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from monitoring.events import parse_line, split_stream_line
 
-TAIL_LINES = 20
+TAIL_LINES = 200
 
 #: listener(name, text, event_or_None)
 Listener = Callable[[str, str, Optional[Dict[str, Any]]], None]
+
+
+def readable_tail(lines: List[str], n: int = 20) -> List[str]:
+    """The last ``n`` lines, without MindSpore's own [INFO]/[WARNING] log lines when others exist."""
+    plain = [l for l in lines if not l.startswith(("[INFO]", "[WARNING]"))]
+    return (plain or list(lines))[-n:]
 
 
 class RankSink:
@@ -97,6 +103,7 @@ class RankSink:
                 self.tail.append(f"error event: {ev.get('message')} ({ev.get('where')})")
 
     def last_lines(self, n: int = TAIL_LINES) -> List[str]:
+        """The last ``n`` non-event lines (the event files hold the rest)."""
         with self._lock:
             return list(self.tail)[-n:]
 

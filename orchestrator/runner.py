@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from cluster.jobdir import JobPaths
-from orchestrator.capture import RankSink
+from orchestrator.capture import RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState
 from orchestrator.plan import JobPlan, attempt_workers, free_port
@@ -270,7 +270,7 @@ def format_failure(job_dir: str, attempt: int, result: AttemptResult) -> str:
         if others:
             lines.append("others: " + ", ".join(f"{n} {_short(c)}" for n, c in sorted(others.items())))
         if f.last_lines:
-            shown = _readable_tail(f.last_lines)
+            shown = readable_tail(f.last_lines, 10)
             lines.append(f"last lines of {f.name}" + (" (MindSpore [INFO]/[WARNING] lines left out)"
                                                       if len(shown) < min(10, len(f.last_lines)) else "") + ":")
             lines.extend(f"  | {l if len(l) <= 300 else l[:297] + '...'}" for l in shown)
@@ -278,12 +278,6 @@ def format_failure(job_dir: str, attempt: int, result: AttemptResult) -> str:
             lines.append(f"full log: {Path(job_dir) / 'logs' / f'{f.name}.log'}")
     lines.append("-" * 60)
     return "\n".join(lines)
-
-
-def _readable_tail(lines: List[str], n: int = 10) -> List[str]:
-    """The last ``n`` lines, without MindSpore's own [INFO]/[WARNING] log lines when others exist."""
-    plain = [l for l in lines if not l.startswith(("[INFO]", "[WARNING]"))]
-    return (plain or list(lines))[-n:]
 
 
 def _short(code: Optional[int]) -> str:

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
-from orchestrator.capture import RankSink
+from orchestrator.capture import RankSink, readable_tail
 from orchestrator.workers import ROLE_SCHEDULER, WorkerHandle
 
 
@@ -195,7 +195,7 @@ class Supervisor:
                 h.join_output(1.0)     # let its last lines land in the sink
             sink = self.sinks.get(failure.name)
             if sink is not None:
-                failure.last_lines = sink.last_lines()
+                failure.last_lines = readable_tail(sink.last_lines(), 20)
         return AttemptResult(outcome, dict(self.exit_codes), failure=failure, stop_reason=stop_reason,
                              group_down_s=down, detected_mono=t0)
 
