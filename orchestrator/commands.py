@@ -433,6 +433,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
         return 0
     partial: Dict[Path, str] = {f: "" for f in files}
+    ending = False
     try:
         while True:
             any_new = False
@@ -453,12 +454,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     out.write((f"[{f.stem}] " if prefix else "") + line + "\n")
             out.flush()
             if not any_new:
+                if ending:            # one more read after the end was seen: nothing written in between is lost
+                    for f, rest in partial.items():
+                        if rest:
+                            out.write((f"[{f.stem}] " if prefix else "") + rest + "\n")
+                    out.flush()
+                    return 0
                 try:
                     st = JobState.load(args.job_dir)
                 except JobStateError:
                     return 0
                 if st.state in FINAL_STATES or not pid_alive(read_launcher_pid(args.job_dir)):
-                    return 0
+                    ending = True
+                    continue
                 time.sleep(0.25)
     except KeyboardInterrupt:
         return 130

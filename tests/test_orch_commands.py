@@ -280,3 +280,20 @@ def test_resume_after_the_launcher_was_killed(tmp_path):
     for r in (0, 1):
         evs = [json.loads(l) for l in (jd / "events" / f"rank_{r}.jsonl").read_text().splitlines()]
         assert [e["global_step"] for e in evs if e["event"] == "step" and e["attempt"] == 1] == list(range(start + 1, 61))
+
+
+def test_logs_follow_and_status_of_a_running_job(tmp_path):
+    jd = tmp_path / "job"
+    proc = start_launcher(jd, "--steps 60 --step-time 0.05")
+    try:
+        wait_for(lambda: (jd / "events" / "rank_0.jsonl").exists() and
+                 '"step"' in (jd / "events" / "rank_0.jsonl").read_text(), what="a step event")
+        st = cli("status", jd)
+        assert "RUNNING (launcher running)" in st.stdout and "rank 0: epoch 1 step" in st.stdout
+        follow = cli("logs", jd, "-f", "--rank", "0", timeout=60)   # returns when the job ends
+        assert follow.returncode == 0
+        assert "rank 0: starting attempt 0" in follow.stdout and follow.stdout.rstrip().endswith("rank 0: done")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
