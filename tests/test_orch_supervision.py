@@ -1,7 +1,6 @@
 """Launcher failure handling, driven with the fake worker (no MindSpore): seconds per test."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time

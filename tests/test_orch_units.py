@@ -2,7 +2,6 @@
 not care where a worker runs), the restart policy, the job spec, the plan's environment."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -10,7 +9,7 @@ from cluster.jobdir import checkpoint_name, write_sidecar
 from orchestrator.capture import RankSink
 from orchestrator.jobspec import JobSpec, SpecError, resolve
 from orchestrator.plan import Placement, JobPlan, attempt_workers
-from orchestrator.restart_policy import RestartPolicy, ResumePoint, local_checkpoint_lookup
+from orchestrator.restart_policy import RestartPolicy, local_checkpoint_lookup
 from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor
 from orchestrator.workers import ROLE_SCHEDULER, WorkerSpec
 
