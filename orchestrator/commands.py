@@ -169,6 +169,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
     state.save()
     console.info(f"job {spec.job_id}: {plan.world_size} rank(s), {plan.backend}/{plan.mode}; job dir {spec.job_dir}")
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if plan.backend == "cpu" and plan.world_size > cores:
+        console.info(f"note: {plan.world_size} CPU ranks on {cores} core(s): they share cores and run slower")
     return JobRunner(plan, state, console).run()
 
 
