@@ -7,7 +7,7 @@
    served by ``monitoring.exporter.serve`` (the launcher's exporter).  Before each scrape every rank
    gets one new step event (a live job scraped once per step: the worst case for the incremental
    read); then ``GET /metrics`` is timed end to end (HTTP, incremental poll, aggregation snapshot,
-   collector, text rendering).  The same state is timed piece by piece, and the collector's fast
+   collector, text rendering), and the same request without HTTP (``Exporter.metrics_text()``).  The same state is timed piece by piece, and the collector's fast
    renderer side by side with prometheus_client's ``generate_latest`` over the same collector.
 2. CPU share.  8 ranks emit step events at ``--step-time`` seconds a step from a separate process;
    another process plays Prometheus (GET /metrics every ``--scrape-interval`` s) and the web
@@ -68,13 +68,18 @@ def bench_scrape(n: int, history: int, repeat: int, tmp: Path) -> dict:
     try:
         url = srv.url + "/metrics"
         body = urllib.request.urlopen(url, timeout=120).read()          # first scrape reads the history
-        total, poll, snap, fam, rend, latest = [], [], [], [], [], []
+        total, server, poll, snap, fam, rend, latest = [], [], [], [], [], [], []
         mon = srv.source.monitors[0]
         for _ in range(repeat):
             append_one_step(root, gens)
             t0 = time.perf_counter()
             body = urllib.request.urlopen(url, timeout=120).read()
             total.append(time.perf_counter() - t0)
+            # the same request without HTTP: what the exporter computes per scrape
+            append_one_step(root, gens)
+            t0 = time.perf_counter()
+            srv.metrics_text()
+            server.append(time.perf_counter() - t0)
             # the same work piece by piece (new data again, so the poll has something to read)
             append_one_step(root, gens)
             t0 = time.perf_counter()
@@ -99,6 +104,7 @@ def bench_scrape(n: int, history: int, repeat: int, tmp: Path) -> dict:
             latest.append(t5 - t4)
         return {"devices": n, "bytes": len(body), "lines": body.count(b"\n"),
                 "scrape_s": statistics.median(total), "scrape_min_s": min(total),
+                "server_s": statistics.median(server),
                 "poll_s": statistics.median(poll), "snapshot_s": statistics.median(snap),
                 "collector_s": statistics.median(fam), "render_s": statistics.median(rend),
                 "generate_latest_s": statistics.median(latest)}
@@ -181,16 +187,16 @@ def main(argv=None) -> int:
     try:
         print(f"one /metrics scrape after one new step per rank (median of {args.repeat}; ms; load avg "
               f"{results['load'][0]:.1f} on {results['cpus']} CPUs)")
-        print(f"{'devices':>8} {'scrape':>8} {'min':>8} | {'poll':>8} {'snapshot':>8} {'collect':>8} {'render':>8}"
+        print(f"{'devices':>8} {'scrape':>8} {'min':>8} {'no HTTP':>8} | {'poll':>8} {'snapshot':>8} {'collect':>8} {'render':>8}"
               f" | {'gen_latest':>10} {'ratio':>6} | {'lines':>7} {'bytes':>9}")
         for n in args.devices:
             r = bench_scrape(n, args.history, args.repeat, tmp)
             results["scrape"].append(r)
             ours = r["collector_s"] + r["render_s"]
-            print(f"{n:8d} {ms(r['scrape_s'])} {ms(r['scrape_min_s'])} | {ms(r['poll_s'])} {ms(r['snapshot_s'])} "
+            print(f"{n:8d} {ms(r['scrape_s'])} {ms(r['scrape_min_s'])} {ms(r['server_s'])} | {ms(r['poll_s'])} {ms(r['snapshot_s'])} "
                   f"{ms(r['collector_s'])} {ms(r['render_s'])} | {ms(r['generate_latest_s']):>10} "
                   f"{r['generate_latest_s'] / ours:5.1f}x | {r['lines']:7d} {r['bytes']:9d}", flush=True)
-        print("  scrape = end to end over HTTP; poll = incremental read of the new bytes; snapshot = aggregation "
+        print("  scrape = end to end over HTTP (urllib client); no HTTP = the exporter's metrics_text() alone; poll = incremental read of the new bytes; snapshot = aggregation "
               "(monitoring.aggregate); collect + render = this exporter; gen_latest = collect + "
               "prometheus_client.generate_latest instead of the fast renderer (ratio = gen_latest / (collect+render))")
         if args.duration > 0:
