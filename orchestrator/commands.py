@@ -69,6 +69,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--hccn-conf", help="hccn.conf to read instead of /etc/hccn.conf")
     p.add_argument("--npu-smi", help="saved `npu-smi info` output to read instead of running it")
     p.add_argument("--rank-table-format", choices=("1.0", "1.2"), help="HCCL rank table format [1.0]")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="do not write report/summary.md and its plots when the job ends")
     _view_flags(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="after --: trainer config overrides (with --cmd: extra program arguments)")
@@ -148,7 +150,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "startup_timeout": args.startup_timeout, "grace": args.grace, "failure_grace": args.failure_grace, "backend": args.backend, "mode": args.mode,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "sched_port": args.sched_port,
         "sched_host": args.sched_host, "cmd": args.cmd, "bind_cores": args.bind_cores, "hccn_conf": args.hccn_conf,
-        "npu_smi": args.npu_smi, "rank_table_format": args.rank_table_format,
+        "npu_smi": args.npu_smi, "rank_table_format": args.rank_table_format, "report": args.report,
         "overrides": list(args.overrides) if args.overrides else None,
     }
     try:

@@ -66,6 +66,7 @@ class JobSpec:
     npu_smi: Optional[str] = None
     rank_table_format: str = "1.0"
     cwd: str = ""
+    report: bool = True                     # write report/ (summary.md + plots) when the job ends
 
     # ------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> Dict[str, Any]:
@@ -127,6 +128,8 @@ class JobSpec:
                 if not 0 < v < 65536:
                     raise bad(key, f"{v} is not a port number (1-65535)")
                 setattr(self, key, v)
+        if not isinstance(self.report, bool):
+            raise bad("report", f"{self.report!r} is not true or false")
         if self.rank_table_format not in ("1.0", "1.2"):
             raise bad("rank_table_format", "use 1.0 or 1.2")
         if self.job_id and not _JOB_ID_RE.match(self.job_id):

@@ -247,7 +247,19 @@ class JobRunner:
     def _end(self, state: str, code: int, message: str) -> int:
         self.state.end(state, code, message)
         self.console.info(f"job {self.spec.job_id} {state.upper()}: {message}")
+        self._write_report()
         return code
+
+    def _write_report(self) -> None:
+        """The end-of-job summary and plots; a report that cannot be made never changes the job's outcome."""
+        if not getattr(self.spec, "report", True) or not self.paths.events_dir.is_dir():
+            return
+        try:
+            from monitoring.report import write_report
+            path = write_report(self.spec.job_dir)
+            self.console.info(f"report: {path}")
+        except Exception as exc:  # noqa: BLE001
+            self.console.info(f"warning: no report written ({type(exc).__name__}: {exc})")
 
 
 def _key(spec: WorkerSpec) -> str:

@@ -297,3 +297,24 @@ def test_logs_follow_and_status_of_a_running_job(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+def test_a_finished_job_gets_its_report_unless_told_not_to(tmp_path):
+    job = tmp_path / "job"
+    proc = start_launcher(job, "--epochs 2 --steps 3 --step-time 0.01")
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    summary = job / "report" / "summary.md"
+    assert summary.is_file(), out
+    text = summary.read_text()
+    assert "state succeeded" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(rows) == 2 and all("| finished | 2/2 | 6 |" in r for r in rows), text
+    assert sorted(p.name for p in (job / "report").glob("*.png")), "no plots written"
+    assert f"report: {summary}" in out
+
+    quiet = tmp_path / "no-report"
+    proc = start_launcher(quiet, "--epochs 1 --steps 2 --step-time 0.01", "--no-report")
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert not (quiet / "report" / "summary.md").exists()
