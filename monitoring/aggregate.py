@@ -34,8 +34,11 @@ grew within ``stale_after_s`` and "unknown" otherwise (text logs do not say that
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
+import operator
+import os
 import re
 import time
 from collections import deque
@@ -44,6 +47,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from cluster.jobdir import EVENTS as EVENTS_DIR, JOB_JSON, LOGS as LOGS_DIR
 from monitoring.events import parse_line
 from monitoring.state import DeviceState, JobSummary
 
@@ -55,6 +59,7 @@ _LOG_RATIO = math.log(HIST_RATIO)
 _NBUCKETS = int(math.ceil(math.log(HIST_HI / HIST_LO) / _LOG_RATIO)) + 1
 RECENT = 120                # points kept in DeviceState.*_history
 SERIES_CAP = 2048           # points kept per whole-run downsampled series
+SMALL_FLUSH = 64            # pending step times folded in without numpy up to this many
 
 
 class RunQuantiles:
@@ -65,8 +70,21 @@ class RunQuantiles:
     def __init__(self) -> None:
         self.count = 0
         self.max: Optional[float] = None
-        self._exact: Optional[List[float]] = []
+        self._exact: Optional[List[float]] = []     # kept sorted
         self._hist: Optional[np.ndarray] = None
+
+    def add_few(self, values: List[float]) -> None:
+        """``add_many`` for a short list of finite Python floats (no numpy round trip)."""
+        if not values:
+            return
+        if self._exact is None or len(self._exact) + len(values) > EXACT_LIMIT:
+            self.add_many(np.asarray(values, dtype=np.float64))
+            return
+        self.count += len(values)
+        vmax = max(values)
+        self.max = vmax if self.max is None else max(self.max, vmax)
+        for v in values:
+            bisect.insort(self._exact, v)
 
     def add_many(self, values: np.ndarray) -> None:
         if values.size == 0:
@@ -77,6 +95,7 @@ class RunQuantiles:
         if self._exact is not None:
             if len(self._exact) + values.size <= EXACT_LIMIT:
                 self._exact.extend(values.tolist())
+                self._exact.sort()
                 return
             values = np.concatenate([np.asarray(self._exact, dtype=np.float64), values])
             self._exact = None
@@ -89,8 +108,7 @@ class RunQuantiles:
         if self.count == 0:
             return [None for _ in qs]
         if self._exact is not None:
-            v = sorted(self._exact)
-            return [percentile_sorted(v, q) for q in qs]
+            return [percentile_sorted(self._exact, q) for q in qs]
         cum = np.cumsum(self._hist)
         out: List[Optional[float]] = []
         for q in qs:
@@ -146,6 +164,11 @@ class Series:
         keep = self.take(values.size)
         self.put(n0, keep, values[keep.start::keep.step].tolist())
 
+    def add_few(self, values: List[float]) -> None:
+        n0 = self.n
+        keep = self.take(len(values))
+        self.put(n0, keep, values[keep.start::keep.step])
+
 
 class _Device:
     """Mutable per-rank accumulator; ``state`` is the DeviceState copied out at snapshot."""
@@ -182,20 +205,33 @@ class _Device:
         key = (len(self.recent_steps), id(self.recent_steps[-1]) if self.recent_steps else None,
                len(self.recent_loss), id(self.recent_loss[-1]) if self.recent_loss else None)
         if key != self._hist_key:
-            self._hists = ([(a, b) for a, b in self.recent_steps if b is not None],
-                           [(a, b) for a, b in self.recent_loss if b is not None])
+            self._hists = (_without_gaps(self.recent_steps), _without_gaps(self.recent_loss))
             self._hist_key = key
         return self._hists
 
     def flush(self) -> None:
         if self.pending:
-            t = np.asarray(self.pending, dtype=np.float64)
-            self.pending = []
-            self.add_times(t)
+            if len(self.pending) <= SMALL_FLUSH:        # a live job between two scrapes: plain floats
+                t = [float(v) for v in self.pending if math.isfinite(v)]
+                self.pending = []
+                if t:
+                    if self.window.maxlen:
+                        self.window.extend(t[-self.window.maxlen:])
+                    self.run.add_few(t)
+                    self.step_series.add_few(t)
+            else:
+                t = np.asarray(self.pending, dtype=np.float64)
+                self.pending = []
+                self.add_times(t)
         if self.pending_loss:
-            lv = np.asarray(self.pending_loss, dtype=np.float64)
-            self.pending_loss = []
-            self.loss_series.add_many(lv)
+            if len(self.pending_loss) <= SMALL_FLUSH:
+                lv = [float(v) for v in self.pending_loss]
+                self.pending_loss = []
+                self.loss_series.add_few(lv)
+            else:
+                lv = np.asarray(self.pending_loss, dtype=np.float64)
+                self.pending_loss = []
+                self.loss_series.add_many(lv)
 
     def add_times(self, t: np.ndarray) -> None:
         t = t[np.isfinite(t)]
@@ -204,6 +240,16 @@ class _Device:
         self.window.extend(t[-self.window.maxlen:].tolist() if self.window.maxlen else [])
         self.run.add_many(t)
         self.step_series.add_many(t)
+
+
+_SECOND = operator.itemgetter(1)
+
+
+def _without_gaps(recent: deque) -> list:
+    """The (ts, value) entries whose value is not None, as a new list."""
+    if None in map(_SECOND, recent):
+        return [(a, b) for a, b in recent if b is not None]
+    return list(recent)
 
 
 def _num(value: Any) -> Optional[float]:
@@ -780,8 +826,42 @@ class JobMonitor:
         self._parsers: Dict[Path, Any] = {}
         self.job_json: Optional[Path] = None
         self.last_poll_bytes = 0      # bytes the last poll read (0: all sources consumed)
+        self._sources_sig: Any = None     # what the folders looked like at the last discover()
+        self._job_json_sig: Any = None    # (inode, size, mtime) of job.json when last read
+        self.discoveries = 0              # discover() calls (tests: unchanged folders are not rescanned)
+
+    def _folders_signature(self) -> Any:
+        """Identity and mtime of every folder discover() lists, or None when a rescan is needed anyway.
+
+        Only job directories are cached (their sources are events/*.jsonl or logs/*.log, so the
+        folders root, events/ and logs/ say whether a file came or went); loose folders and files are
+        rediscovered on each poll.  A folder changed within the last second is not trusted (file
+        system timestamps are coarse: a file created in the same tick would leave the mtime as is).
+        """
+        sig = []
+        limit = time.time_ns() - 1_000_000_000
+        for p in self.paths:
+            for sub in (p, p / EVENTS_DIR, p / LOGS_DIR):
+                try:
+                    st = os.stat(sub)
+                except OSError:
+                    if sub is p:
+                        return None
+                    sig.append(None)
+                    continue
+                if st.st_mtime_ns > limit:
+                    return None
+                sig.append((st.st_ino, st.st_mtime_ns))
+            if sig[-2] is None and not os.path.isfile(p / JOB_JSON):
+                return None                   # not a job directory: a folder of logs, walked each poll
+        return tuple(sig)
 
     def refresh_sources(self) -> None:
+        sig = self._folders_signature()
+        if sig is not None and sig == self._sources_sig:
+            return
+        self._sources_sig = sig
+        self.discoveries += 1
         found = self._discover(self.paths)
         self.job_json = found.job_json
         if not self.aggregator.job and found.job:
@@ -795,7 +875,16 @@ class JobMonitor:
         from monitoring.textlog import TextLogParser
         self.refresh_sources()
         if self.job_json is not None:
-            self.aggregator.set_job_info(read_job_json(self.job_json))
+            try:
+                st = os.stat(self.job_json)
+                jsig = (st.st_ino, st.st_size, st.st_mtime_ns)
+                if st.st_mtime_ns > time.time_ns() - 1_000_000_000:
+                    jsig = None               # just written: read again next time (coarse mtimes)
+            except OSError:
+                jsig = None
+            if jsig is None or jsig != self._job_json_sig:
+                self.aggregator.set_job_info(read_job_json(self.job_json))
+            self._job_json_sig = jsig
         lines = 0
         chunks = self.tailer.poll()
         self.last_poll_bytes = self.tailer.last_bytes

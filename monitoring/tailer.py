@@ -80,13 +80,21 @@ class Tailer:
         return out
 
     def _poll_one(self, f: _Followed) -> Optional[Chunk]:
+        # one stat() first: an unchanged file (same identity, size == offset) costs no open/read
         try:
-            fh = open(f.path, "rb")
+            st = os.stat(f.path)
         except OSError:
             return None
-        with fh:
+        ident = (st.st_dev, st.st_ino)
+        if ident == f.ident and st.st_size == f.offset:
+            return None
+        try:
+            fd = os.open(f.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
             try:
-                st = os.fstat(fh.fileno())
+                st = os.fstat(fd)       # the file actually opened (it may have been replaced meanwhile)
             except OSError:
                 return None
             ident = (st.st_dev, st.st_ino)
@@ -97,10 +105,11 @@ class Tailer:
             if st.st_size == f.offset and not reset:
                 return None
             try:
-                fh.seek(f.offset)
-                data = fh.read(self.max_read)
+                data = os.pread(fd, min(self.max_read, max(st.st_size - f.offset, 0) or self.max_read), f.offset)
             except OSError:
                 return None
+        finally:
+            os.close(fd)
         if not data and not reset:
             return None
         f.offset += len(data)
