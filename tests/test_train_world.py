@@ -68,8 +68,9 @@ def test_single_world_reduce_is_identity():
 
 def test_cpu_env_defaults_keep_user_values():
     env = {}
-    assert tune_cpu_env("cpu", env) == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert tune_cpu_env("cpu", env) == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MS_CPU_COMM_OP_TIMEOUT": "900"} == env
     env = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
-    assert tune_cpu_env("cpu", env) == {} and env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
+    assert tune_cpu_env("cpu", env) == {"MS_CPU_COMM_OP_TIMEOUT": "900"}
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
     env = {}
     assert tune_cpu_env("ascend", env) == {} and env == {}

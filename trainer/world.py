@@ -114,8 +114,12 @@ def world_from_env(env: Optional[Mapping[str, str]] = None, backend: str = "cpu"
 #: MindSpore 2.10's CPU convolutions hand oneDNN plain NCHW layouts; on CPUs with AVX-512/AMX oneDNN then
 #: runs them with its slow "jit_uni_ncsp" path (0.40 s for one 3x3 conv 256->256 on 2x9x9, measured here),
 #: where its AVX2 GEMM path takes 0.007 s.  Capping oneDNN's ISA at AVX2 (before MindSpore loads) made a
-#: PSPNet training step 30x faster on this machine.  A value the user set is kept.
-CPU_ENV_DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: PSPNet training step 30x faster on this machine.
+#: MindSpore's CPU collectives give up when a peer is late by more than a few tens of seconds (measured:
+#: a 45 s lag fails with "Ring ReduceScatter wait receiving ... failed"), and one rank may compile its graph
+#: or validate a minute later than another on a busy host: MS_CPU_COMM_OP_TIMEOUT (seconds) is raised.
+#: A value the user set is kept.
+CPU_ENV_DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MS_CPU_COMM_OP_TIMEOUT": "900"}
 
 
 def tune_cpu_env(backend: str = "cpu", env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
