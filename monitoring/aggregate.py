@@ -37,9 +37,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import operator
 import os
 import re
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -170,6 +170,27 @@ class Series:
         self.put(n0, keep, values[keep.start::keep.step])
 
 
+class _Recent(deque):
+    """The last ``maxlen`` (ts, value) entries; knows whether any kept one has value None (a gap)."""
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__((), maxlen)
+        self.appended = 0          # entries ever appended
+        self.last_gap = 0          # 1-based append number of the newest entry with value None
+
+    def append(self, item: tuple) -> None:
+        deque.append(self, item)
+        self.appended += 1
+        if item[1] is None:
+            self.last_gap = self.appended
+
+    def without_gaps(self) -> list:
+        """The entries whose value is not None, as a new list."""
+        if self.last_gap > self.appended - len(self):
+            return [(a, b) for a, b in self if b is not None]
+        return list(self)
+
+
 class _Device:
     """Mutable per-rank accumulator; ``state`` is the DeviceState copied out at snapshot."""
 
@@ -179,8 +200,8 @@ class _Device:
         self.run = RunQuantiles()
         self.step_series = Series()
         self.loss_series = Series()
-        self.recent_steps: deque = deque(maxlen=RECENT)
-        self.recent_loss: deque = deque(maxlen=RECENT)
+        self.recent_steps = _Recent(RECENT)
+        self.recent_loss = _Recent(RECENT)
         self.pending: List[float] = []            # step times not yet folded into the statistics
         self.pending_loss: List[float] = []
         self.epoch_step_times: List[tuple] = []   # (epoch, mean step time) from epoch events / TimeMonitor
@@ -202,10 +223,9 @@ class _Device:
 
     def histories(self) -> tuple:
         """(step-time history, loss history) without gaps, cached until something is appended."""
-        key = (len(self.recent_steps), id(self.recent_steps[-1]) if self.recent_steps else None,
-               len(self.recent_loss), id(self.recent_loss[-1]) if self.recent_loss else None)
+        key = (self.recent_steps.appended, self.recent_loss.appended)
         if key != self._hist_key:
-            self._hists = (_without_gaps(self.recent_steps), _without_gaps(self.recent_loss))
+            self._hists = (self.recent_steps.without_gaps(), self.recent_loss.without_gaps())
             self._hist_key = key
         return self._hists
 
@@ -242,16 +262,6 @@ class _Device:
         self.step_series.add_many(t)
 
 
-_SECOND = operator.itemgetter(1)
-
-
-def _without_gaps(recent: deque) -> list:
-    """The (ts, value) entries whose value is not None, as a new list."""
-    if None in map(_SECOND, recent):
-        return [(a, b) for a, b in recent if b is not None]
-    return list(recent)
-
-
 def _num(value: Any) -> Optional[float]:
     if isinstance(value, bool) or value is None:
         return None
@@ -281,6 +291,7 @@ _LOSS_RE = re.compile(rb'"loss":([^,}]*)')
 _TS_RE = re.compile(rb'"ts":([^,}]*)')
 _LAST_FIELDS = ("loss", "lr", "images_per_s", "epoch", "step", "global_step", "steps_per_epoch")
 FAST_MIN_BYTES = 16 << 10     # smaller chunks go line by line (the fixed costs would dominate)
+PARALLEL_MIN_BYTES = 8 << 20  # a poll with two or more event chunks this big scans them in worker processes
 
 
 class Aggregator:
@@ -432,7 +443,7 @@ class Aggregator:
         if cands:
             s.best_miou = max(cands)
 
-    def feed_event_chunk(self, data: bytes) -> int:
+    def feed_event_chunk(self, data: bytes, scan: Any = False) -> int:
         """Apply complete lines of ONE rank's event file; returns the number of lines.
 
         Fast path for the common case (mostly well-formed step events of one rank): the step times
@@ -440,10 +451,11 @@ class Aggregator:
         only non-step events and the last step line are json-parsed.  Any chunk that does not pass
         the structure checks (one event per line, every line ``{...}``, one rank, numeric values)
         goes through ``parse_line`` line by line, so results are the same either way.
+        ``scan``: ``scan_chunk(data)`` when it was computed already (JobMonitor's worker processes).
         """
         if not data:
             return 0
-        n_lines = self._fast_chunk(data) if len(data) >= FAST_MIN_BYTES else None
+        n_lines = self._fast_chunk(data, scan) if len(data) >= FAST_MIN_BYTES else None
         if n_lines is None:
             n_lines = 0
             for line in data.split(b"\n"):
@@ -455,63 +467,19 @@ class Aggregator:
         self.lines_seen += n_lines
         return n_lines
 
-    def _fast_chunk(self, data: bytes) -> Optional[int]:
-        """The fast path; returns the number of lines, or None (nothing applied) to fall back."""
-        if not data.endswith(b"\n") or not data.startswith(b"{"):
+    def _fast_chunk(self, data: bytes, scan: Any = False) -> Optional[int]:
+        """The fast path; returns the number of lines, or None (nothing applied) to fall back.
+
+        ``scan``: the result of ``scan_chunk(data)`` when already computed (e.g. in a worker process).
+        """
+        if scan is False:
+            scan = scan_chunk(data)
+        if scan is None:
             return None
-        buf = np.frombuffer(data, dtype=np.uint8)
-        nl = np.flatnonzero(buf == 10)                      # every line is "{...}\n"
-        n_lines = int(nl.size)
-        if nl[0] == 0 or not (buf[nl - 1] == 125).all() or not (buf[nl[:-1] + 1] == 123).all():
-            return None
-        names = _EVENT_RE.findall(data)                       # one event name per line
-        if len(names) != n_lines:
-            return None
-        n_step = names.count(b"step")
-        if n_step < n_lines // 2:
-            return None
-        other_idx: List[int] = []
-        if n_step != n_lines:
-            for name in set(names):
-                if name != b"step":
-                    i = -1
-                    try:
-                        while True:
-                            i = names.index(name, i + 1)
-                            other_idx.append(i)
-                    except ValueError:
-                        pass
-            other_idx.sort()
+        n_lines, n_step, nl, other_idx, other_evs, t, last_at, last_ev, rank = scan
         starts = np.empty(n_lines, dtype=np.int64)
         starts[0] = 0
         starts[1:] = nl[:-1] + 1
-        others = [int(starts[i]) for i in other_idx]
-        times = _STEP_TIME_RE.findall(data)
-        if len(times) != n_step:
-            return None
-        last_idx = n_lines - 1 - names[::-1].index(b"step")
-        last_at = int(starts[last_idx])
-        last_ev = parse_line(_line_at(data, last_at))
-        if last_ev is None or last_ev.get("event") != "step":
-            return None
-        if any(key in last_ev and _num(last_ev[key]) is None for key in _LAST_FIELDS):
-            return None              # e.g. a null loss on the last line: the line path keeps the previous value
-        rank = _int(last_ev.get("rank"))
-        if rank is None or rank < 0:
-            return None
-        r = str(rank).encode()
-        same_rank = data.count(b'"rank":' + r + b",")
-        if same_rank != n_lines and same_rank + data.count(b'"rank":' + r + b"}") != n_lines:
-            return None
-        try:
-            t = np.array(times).astype(np.float64)
-        except ValueError:
-            return None
-        # parse the other events now (they are few), apply in order around the last step line
-        other_evs = [(p, parse_line(_line_at(data, p))) for p in others]
-        for (p, ev), i in zip(other_evs, other_idx):
-            if ev is None or ev.get("event") != names[i].decode("utf-8", "replace") or _int(ev.get("rank")) != rank:
-                return None                                   # not one plain event per line: go line by line
         d = self._dev(rank)
         d.flush()
         for p, ev in other_evs:
@@ -716,6 +684,70 @@ class Aggregator:
         return summary
 
 
+def scan_chunk(data: bytes) -> Optional[tuple]:
+    """The read-only part of the fast path over one chunk (no aggregator state: a worker process may run it).
+
+    Returns ``(n_lines, n_step, newline positions, line indexes of non-step events, [(offset, parsed
+    event)] of those, step times (float64 array), offset of the last step line, its parsed event,
+    rank)`` or None when the chunk does not pass the structure checks (then it goes line by line).
+    """
+    if not data.endswith(b"\n") or not data.startswith(b"{"):
+        return None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)                      # every line is "{...}\n"
+    n_lines = int(nl.size)
+    if nl[0] == 0 or not (buf[nl - 1] == 125).all() or not (buf[nl[:-1] + 1] == 123).all():
+        return None
+    names = _EVENT_RE.findall(data)                       # one event name per line
+    if len(names) != n_lines:
+        return None
+    n_step = names.count(b"step")
+    if n_step < n_lines // 2:
+        return None
+    other_idx: List[int] = []
+    if n_step != n_lines:
+        for name in set(names):
+            if name != b"step":
+                i = -1
+                try:
+                    while True:
+                        i = names.index(name, i + 1)
+                        other_idx.append(i)
+                except ValueError:
+                    pass
+        other_idx.sort()
+    starts = np.empty(n_lines, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = nl[:-1] + 1
+    others = [int(starts[i]) for i in other_idx]
+    times = _STEP_TIME_RE.findall(data)
+    if len(times) != n_step:
+        return None
+    last_idx = n_lines - 1 - names[::-1].index(b"step")
+    last_at = int(starts[last_idx])
+    last_ev = parse_line(_line_at(data, last_at))
+    if last_ev is None or last_ev.get("event") != "step":
+        return None
+    if any(key in last_ev and _num(last_ev[key]) is None for key in _LAST_FIELDS):
+        return None              # e.g. a null loss on the last line: the line path keeps the previous value
+    rank = _int(last_ev.get("rank"))
+    if rank is None or rank < 0:
+        return None
+    r = str(rank).encode()
+    same_rank = data.count(b'"rank":' + r + b",")
+    if same_rank != n_lines and same_rank + data.count(b'"rank":' + r + b"}") != n_lines:
+        return None
+    try:
+        t = np.fromiter(map(float, times), np.float64, len(times))   # what astype(float64) does, faster
+    except ValueError:
+        return None
+    other_evs = [(p, parse_line(_line_at(data, p))) for p in others]
+    for (p, ev), i in zip(other_evs, other_idx):
+        if ev is None or ev.get("event") != names[i].decode("utf-8", "replace") or _int(ev.get("rank")) != rank:
+            return None                                   # not one plain event per line: go line by line
+    return (n_lines, n_step, nl, other_idx, other_evs, t, last_at, last_ev, rank)
+
+
 def stragglers(p50: Dict[int, float], margin: float) -> List[int]:
     """Ranks whose p50 exceeds the median of the OTHER ranks' p50 by more than ``margin``."""
     n = len(p50)
@@ -829,6 +861,10 @@ class JobMonitor:
         self._sources_sig: Any = None     # what the folders looked like at the last discover()
         self._job_json_sig: Any = None    # (inode, size, mtime) of job.json when last read
         self.discoveries = 0              # discover() calls (tests: unchanged folders are not rescanned)
+        self.parallel_min_bytes = PARALLEL_MIN_BYTES
+        # worker processes for a backlog's scans; on 2 CPUs shared with other work they did not help
+        self.workers = min(os.cpu_count() or 1, 4) if (os.cpu_count() or 1) >= 4 else 1
+        self.parallel_chunks = 0          # chunks scanned by worker processes (tests and benchmarks)
 
     def _folders_signature(self) -> Any:
         """Identity and mtime of every folder discover() lists, or None when a rescan is needed anyway.
@@ -888,6 +924,7 @@ class JobMonitor:
         lines = 0
         chunks = self.tailer.poll()
         self.last_poll_bytes = self.tailer.last_bytes
+        scans = self._parallel_scans(chunks)
         for chunk in chunks:
             src = self.sources.get(chunk.path)
             if src is None:
@@ -895,7 +932,7 @@ class JobMonitor:
             if chunk.reset:
                 self._parsers.pop(chunk.path, None)
             if src.kind == "events":
-                lines += self.aggregator.feed_event_chunk(chunk.data)
+                lines += self.aggregator.feed_event_chunk(chunk.data, scans.get(id(chunk.data), False))
                 continue
             parser = self._parsers.get(chunk.path)
             if parser is None:
@@ -914,5 +951,40 @@ class JobMonitor:
                 self.aggregator.touch(r, chunk.mtime)
         return lines
 
+    def _parallel_scans(self, chunks: List[Any]) -> Dict[int, Any]:
+        """``scan_chunk`` of the big event chunks in forked worker processes: {id(data): scan}.
+
+        Only for a backlog (two or more event chunks of at least ``parallel_min_bytes``), only where
+        fork is safe (the main thread, no other threads: never inside the exporter's server) and
+        only with two or more CPUs.  Any failure of the pool leaves the scans to the caller.
+        """
+        big = [c.data for c in chunks if len(c.data) >= self.parallel_min_bytes
+               and getattr(self.sources.get(c.path), "kind", None) == "events"]
+        workers = min(self.workers, len(big))
+        if workers < 2 or threading.active_count() != 1 or threading.current_thread() is not threading.main_thread():
+            return {}
+        global _FORK_CHUNKS
+        try:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            _FORK_CHUNKS = big
+            # a worker that dies (e.g. out of memory) raises BrokenProcessPool here instead of hanging
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                scans = list(pool.map(_scan_forked, range(len(big))))
+        except Exception:  # noqa: BLE001 - no fork, no memory, a broken pool: scan here instead
+            return {}
+        finally:
+            _FORK_CHUNKS = []
+        self.parallel_chunks += len(big)
+        return {id(data): scan for data, scan in zip(big, scans)}
+
     def summary(self, now: Optional[float] = None) -> JobSummary:
         return self.aggregator.snapshot(now)
+
+
+#: The chunks a forked worker scans (inherited through fork, so the bytes are not pickled).
+_FORK_CHUNKS: List[bytes] = []
+
+
+def _scan_forked(i: int) -> Optional[tuple]:
+    return scan_chunk(_FORK_CHUNKS[i])

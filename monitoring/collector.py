@@ -73,6 +73,7 @@ class StepTimeHistograms:
         self._sums: Dict[Tuple[str, int], float] = {}
         self._last_ts: Dict[Tuple[str, int], float] = {}
         self._fed_directly: set = set()
+        self._cum: Dict[Tuple[str, int], Tuple[List[Tuple[str, float]], float]] = {}   # buckets() results until _add
         self._lock = threading.Lock()
 
     def observe(self, job: str, rank: int, value: float) -> None:
@@ -95,6 +96,7 @@ class StepTimeHistograms:
             self._sums[key] = 0.0
         counts[bisect.bisect_left(self.bounds, v)] += 1
         self._sums[key] += v
+        self._cum.pop(key, None)
 
     def update_from(self, dev: DeviceState) -> None:
         """Take the entries of ``dev.step_time_history`` newer than the newest one taken.
@@ -132,6 +134,9 @@ class StepTimeHistograms:
         """``([(le, cumulative count), ...], sum)`` for HistogramMetricFamily, or None when empty."""
         key = (job, int(rank))
         with self._lock:
+            got = self._cum.get(key)
+            if got is not None:
+                return list(got[0]), got[1]
             counts = self._counts.get(key)
             if counts is None:
                 return None
@@ -140,7 +145,8 @@ class StepTimeHistograms:
             for le, c in zip(self._les, counts):
                 total += c
                 out.append((le, total))
-            return out, self._sums[key]
+            self._cum[key] = (out, self._sums[key])
+            return list(out), self._sums[key]
 
 
 def _le(bound: float) -> str:
@@ -196,6 +202,8 @@ def _escape(value: str) -> str:
 
 def _go_float(d: float) -> str:
     """Float formatting of prometheus_client (``floatToGoString``), so both renderings agree."""
+    if -1e300 < d < 1e6:        # the usual case: finite, below 1e6 (no exponent rewrite)
+        return repr(d)
     if d != d:
         return "NaN"
     if d == math.inf:
@@ -225,6 +233,17 @@ class TextRenderer:
     def __init__(self, max_cache: int = 200_000) -> None:
         self._cache: Dict[tuple, str] = {}
         self._max_cache = max_cache
+        self._prefixes: Dict[tuple, Dict[tuple, str]] = {}  # (sample name, label names) -> label values -> "name{...} "
+        self._n_prefixes = 0
+
+    def _prefix_table(self, mname: tuple) -> Dict[tuple, str]:
+        if self._n_prefixes >= self._max_cache:
+            self._prefixes.clear()
+            self._n_prefixes = 0
+        table = self._prefixes.get(mname)
+        if table is None:
+            table = self._prefixes[mname] = {}
+        return table
 
     def _labelstr(self, names: Tuple[str, ...], values: Tuple[str, ...], extra: Optional[Tuple[str, str]] = None) -> str:
         key = (names, values, extra)
@@ -267,8 +286,16 @@ class TextRenderer:
                     plain = ls(names, values)
                     w(f"{cname}{plain} {_count_str(buckets[-1][1])}\n{sname}{plain} {_go_float(float(total))}\n")
             else:
+                table = self._prefix_table((mname, names))
+                get = table.get
                 for values, v in fam.rows:
-                    w(f"{mname}{ls(names, values)} {_go_float(v)}\n")
+                    prefix = get(values)
+                    if prefix is None:
+                        prefix = table[values] = f"{mname}{ls(names, values)} "
+                        self._n_prefixes += 1
+                    w(prefix)
+                    w(_go_float(v))
+                    w("\n")
         return "".join(out).encode("utf-8")
 
 

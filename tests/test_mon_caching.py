@@ -1,0 +1,170 @@
+"""Caches of the polling path: what is skipped when nothing changed, and that a change is never missed."""
+import json
+import os
+import time
+
+from monitoring.aggregate import JobMonitor
+from monitoring.exporter import serve
+from monitoring.synthetic import step_lines, write_synthetic_job
+from monitoring.tailer import Tailer
+
+
+def _age(*paths, seconds=10.0):
+    """Set mtimes into the past (the caches do not trust anything changed within the last second)."""
+    t = time.time() - seconds
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def _append_step(path, rank, ts, step_time):
+    line = next(step_lines(rank, 1, world_size=4, t0=ts - step_time, step_time_s=step_time / 0.9))
+    ev = json.loads(line)
+    ev["ts"], ev["step_time_s"] = ts, step_time
+    with open(path, "a") as fh:
+        fh.write(json.dumps(ev, separators=(",", ":")) + "\n")
+
+
+def _job(tmp_path, ranks=4):
+    root = write_synthetic_job(tmp_path / "job", ranks=ranks, state="running", finish=False)
+    _age(root, *root.iterdir(), *(root / "events").iterdir())
+    return root
+
+
+def test_unchanged_job_folder_is_not_rediscovered_and_a_new_rank_file_is_picked_up(tmp_path):
+    root = _job(tmp_path, ranks=2)
+    mon = JobMonitor([root])
+    mon.poll()
+    assert sorted(mon.summary().devices) == [0, 1]
+    first = mon.discoveries
+    mon.poll()
+    mon.poll()
+    assert mon.discoveries == first                  # folders unchanged: no rescan
+    _append_step(root / "events" / "rank_2.jsonl", 2, 1_700_000_500.0, 0.25)   # a late rank
+    mon.poll()
+    s = mon.summary()
+    assert sorted(s.devices) == [0, 1, 2]
+    assert s.devices[2].step_time_s == 0.25
+    assert mon.discoveries == first + 1
+
+
+def test_a_folder_changed_within_the_last_second_is_rescanned_every_poll(tmp_path):
+    root = _job(tmp_path, ranks=1)
+    os.utime(root / "events")                         # "now": a file could have come in the same tick
+    mon = JobMonitor([root])
+    mon.poll()
+    n = mon.discoveries
+    mon.poll()
+    assert mon.discoveries == n + 1
+
+
+def test_changed_job_json_is_read_again_and_an_unchanged_one_keeps_its_values(tmp_path):
+    root = _job(tmp_path, ranks=2)
+    mon = JobMonitor([root])
+    mon.poll()
+    assert mon.summary().state == "running"
+    mon.poll()
+    assert mon.summary().state == "running"
+    info = json.loads((root / "job.json").read_text())
+    info["state"], info["restarts"] = "failed", 3
+    tmp = root / "job.json.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, root / "job.json")               # as the orchestrator writes it (atomic rename)
+    mon.poll()
+    s = mon.summary()
+    assert s.state == "failed" and s.restarts == 3
+
+
+def test_tailer_skips_unchanged_files_and_sees_growth_truncation_and_replacement(tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_bytes(b"one\n")
+    b.write_bytes(b"x\n")
+    t = Tailer()
+    t.add(a)
+    t.add(b)
+    got = {c.path.name: c for c in t.poll()}
+    assert got["a.log"].data == b"one\n" and got["b.log"].data == b"x\n"
+    assert t.poll() == [] and t.last_bytes == 0      # nothing changed: nothing read
+    with open(a, "ab") as fh:
+        fh.write(b"two\n")
+    got = t.poll()
+    assert [(c.path.name, c.data, c.reset) for c in got] == [("a.log", b"two\n", False)]
+    b.write_bytes(b"")                                # truncated
+    assert t.poll() == []
+    with open(b, "ab") as fh:
+        fh.write(b"y\n")
+    got = t.poll()
+    assert [(c.path.name, c.data, c.reset) for c in got] == [("b.log", b"y\n", True)]
+    new = tmp_path / "a.new"
+    new.write_bytes(b"ONE\nTWO\n")                    # same size as a.log, another inode: replaced
+    os.replace(new, a)
+    got = t.poll()
+    assert [(c.path.name, c.data, c.reset) for c in got] == [("a.log", b"ONE\nTWO\n", True)]
+
+
+def test_scrape_shows_a_changed_device_and_an_unchanged_one_keeps_its_values(tmp_path):
+    root = _job(tmp_path, ranks=4)
+    exp = serve(root, port=0, npu_reader=None, min_refresh_s=0.0, start=False)
+    try:
+        def metric(body, name, rank):
+            prefix = f'{name}{{device="{rank}",host="node0",job="job",rank="{rank}"}} '
+            for line in body.decode().splitlines():
+                if line.startswith(prefix):
+                    return float(line[len(prefix):])
+            return None
+
+        before = exp.metrics_text()
+        steps0 = {r: metric(before, "pspnet_steps_total", r) for r in range(4)}
+        assert all(v == 40.0 for v in steps0.values())
+        _append_step(root / "events" / "rank_2.jsonl", 2, time.time(), 0.375)
+        after = exp.metrics_text()
+        assert metric(after, "pspnet_step_time_seconds", 2) == 0.375
+        assert metric(after, "pspnet_steps_total", 2) == 41.0
+        assert metric(after, "pspnet_step_duration_seconds_count", 2) == metric(
+            before, "pspnet_step_duration_seconds_count", 2) + 1
+        for r in (0, 1, 3):
+            for name in ("pspnet_steps_total", "pspnet_step_time_seconds", "pspnet_loss",
+                         "pspnet_step_time_p50_seconds", "pspnet_step_duration_seconds_count"):
+                assert metric(after, name, r) == metric(before, name, r), (name, r)
+        again = exp.metrics_text()                    # nothing new: same values (the age goes on)
+        strip = [ln for ln in again.decode().splitlines() if "last_event_age" not in ln]
+        assert strip == [ln for ln in after.decode().splitlines() if "last_event_age" not in ln]
+    finally:
+        exp.close()
+
+
+def test_snapshot_histories_drop_gaps_only_while_they_are_in_the_window(tmp_path):
+    root = _job(tmp_path, ranks=1)
+    path = root / "events" / "rank_0.jsonl"
+    with open(path, "a") as fh:                      # a step without a step time: a gap
+        fh.write(json.dumps({"v": 1, "job": "job", "rank": 0, "event": "step", "ts": 1_800_000_000.0,
+                             "step_time_s": None, "loss": 0.5}, separators=(",", ":")) + "\n")
+    mon = JobMonitor([root])
+    mon.poll()
+    s = mon.summary()
+    assert all(v is not None for _, v in s.devices[0].step_time_history)
+    assert len(s.devices[0].step_time_history) == 40  # 40 steps with times, the gap left out
+    for i in range(130):                             # the gap leaves the bounded window
+        _append_step(path, 0, 1_800_000_001.0 + i, 0.5)
+        if i % 40 == 0:
+            mon.poll()
+            mon.summary()
+    mon.poll()
+    hist = mon.summary().devices[0].step_time_history
+    assert len(hist) == 120 and hist[-1] == (1_800_000_130.0, 0.5)
+
+
+def test_worker_process_scans_give_the_same_state_as_scanning_here(tmp_path):
+    root = tmp_path / "job"
+    (root / "events").mkdir(parents=True)
+    for r in range(3):
+        lines = "".join(step_lines(r, 3000, world_size=3, steps_per_epoch=700, seed=r))
+        (root / "events" / f"rank_{r}.jsonl").write_text(lines)
+    serial, parallel = JobMonitor([root]), JobMonitor([root])
+    serial.workers = 1
+    parallel.workers, parallel.parallel_min_bytes = 2, 1
+    for mon in (serial, parallel):
+        mon.poll()
+    assert parallel.parallel_chunks == 3 and serial.parallel_chunks == 0
+    assert parallel.aggregator.fast_chunks == serial.aggregator.fast_chunks == 3
+    assert parallel.summary(now=2e9).to_dict() == serial.summary(now=2e9).to_dict()
+    assert parallel.aggregator.series(1) == serial.aggregator.series(1)
