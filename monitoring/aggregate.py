@@ -197,6 +197,7 @@ class _Device:
     def __init__(self, job: str, rank: int, window: int) -> None:
         self.state = DeviceState(job=job, rank=rank)
         self.window: deque = deque(maxlen=window)
+        self._wsorted: List[float] = []            # the window's values, sorted (kept in step with it)
         self.run = RunQuantiles()
         self.step_series = Series()
         self.loss_series = Series()
@@ -214,7 +215,7 @@ class _Device:
         """(window p50, p95, max, run p50, p95, max), cached until new step times arrive."""
         key = (self.run.count, len(self.window))
         if key != self._stats_key:
-            w = sorted(self.window)
+            w = self._wsorted
             win = (percentile_sorted(w, 0.5), percentile_sorted(w, 0.95), w[-1]) if w else (None, None, None)
             p50, p95 = self.run.quantiles((0.5, 0.95))
             self._stats = win + (p50, p95, self.run.max)
@@ -236,7 +237,12 @@ class _Device:
                 self.pending = []
                 if t:
                     if self.window.maxlen:
-                        self.window.extend(t[-self.window.maxlen:])
+                        window, ws = self.window, self._wsorted
+                        for v in t[-window.maxlen:]:
+                            if len(window) == window.maxlen:
+                                del ws[bisect.bisect_left(ws, window[0])]
+                            window.append(v)
+                            bisect.insort(ws, v)
                     self.run.add_few(t)
                     self.step_series.add_few(t)
             else:
@@ -258,6 +264,7 @@ class _Device:
         if t.size == 0:
             return
         self.window.extend(t[-self.window.maxlen:].tolist() if self.window.maxlen else [])
+        self._wsorted = sorted(self.window)
         self.run.add_many(t)
         self.step_series.add_many(t)
 

@@ -3,6 +3,8 @@ import json
 import os
 import time
 
+import pytest
+
 from monitoring.aggregate import JobMonitor
 from monitoring.exporter import serve
 from monitoring.synthetic import step_lines, write_synthetic_job
@@ -168,3 +170,29 @@ def test_worker_process_scans_give_the_same_state_as_scanning_here(tmp_path):
     assert parallel.aggregator.fast_chunks == serial.aggregator.fast_chunks == 3
     assert parallel.summary(now=2e9).to_dict() == serial.summary(now=2e9).to_dict()
     assert parallel.aggregator.series(1) == serial.aggregator.series(1)
+
+
+def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentiles():
+    import numpy as np
+
+    from monitoring.aggregate import Aggregator
+    rng = np.random.default_rng(5)
+    times = rng.uniform(0.1, 2.0, 700).round(3)       # rounded: repeated values, as real step times have
+    agg = Aggregator(window=50)
+    w = None
+    i = 0
+    for size in [1, 1, 3, 200, 1, 7, 64, 65, 1, 300, 2] * 2:
+        chunk = times[i:i + size]
+        if chunk.size == 0:
+            break
+        for t in chunk:
+            ev = {"event": "step", "rank": 0, "ts": 1.0 + i, "step_time_s": float(t), "loss": 1.0}
+            agg.feed_event(ev)
+        i += chunk.size
+        w = times[max(0, i - 50):i]
+        d = agg.snapshot(now=1e9).devices[0]
+        assert d.step_time_p50_s == pytest.approx(float(np.percentile(w, 50)), rel=1e-12)
+        assert d.step_time_p95_s == pytest.approx(float(np.percentile(w, 95)), rel=1e-12)
+        assert d.step_time_max_s == float(w.max())
+        assert d.run_step_time_p50_s == pytest.approx(float(np.percentile(times[:i], 50)), rel=1e-12)
+    assert i == 700 and w is not None
