@@ -19,6 +19,7 @@ Figures are wall-clock on whatever machine runs it; on a shared machine they are
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -26,7 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --code DIR: measure the monitoring package of another tree (e.g. `git worktree add DIR <commit>`)
+# with this same script, so figures before and after a change come from one procedure
+CODE = (Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1]
+        else Path(__file__).resolve().parent.parent).resolve()
+sys.path.insert(0, str(CODE))
 
 from monitoring.aggregate import Aggregator, JobMonitor  # noqa: E402
 from monitoring.events import parse_line  # noqa: E402
@@ -49,6 +54,7 @@ def main() -> int:
     ap.add_argument("--new-lines", type=int, default=1000, help="lines appended per incremental pass (all ranks)")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temp dir, removed after)")
+    ap.add_argument("--code", default=None, help="root of the tree whose monitoring package is measured (default: this one)")
     args = ap.parse_args()
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="pspnet-bench-agg-"))
@@ -64,6 +70,7 @@ def main() -> int:
             make_rank_file(template, r, events / f"rank_{r}.jsonl")
         total_lines = args.ranks * args.lines
         total_bytes = sum(p.stat().st_size for p in events.glob("*.jsonl"))
+        print(f"code: {CODE}; load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"generated {args.ranks} ranks x {args.lines:,} lines = {total_lines:,} lines, "
               f"{total_bytes / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s (not timed below)")
 
