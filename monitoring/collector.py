@@ -233,10 +233,10 @@ class TextRenderer:
     def __init__(self, max_cache: int = 200_000) -> None:
         self._cache: Dict[tuple, str] = {}
         self._max_cache = max_cache
-        self._prefixes: Dict[tuple, Dict[tuple, str]] = {}  # (sample name, label names) -> label values -> "name{...} "
+        self._prefixes: Dict[tuple, Dict[tuple, tuple]] = {}  # (name, label names) -> label values -> last rendering
         self._n_prefixes = 0
 
-    def _prefix_table(self, mname: tuple) -> Dict[tuple, str]:
+    def _prefix_table(self, mname: tuple) -> Dict[tuple, tuple]:
         if self._n_prefixes >= self._max_cache:
             self._prefixes.clear()
             self._n_prefixes = 0
@@ -280,22 +280,37 @@ class TextRenderer:
             if fam.type == "histogram":
                 bname, sname, cname = fam.name + "_bucket", fam.name + "_sum", fam.name + "_count"
                 bls = self._bucket_labelstrs
+                table = self._prefix_table((fam.name, names))    # values -> (buckets, sum, rendered block)
                 for values, buckets, total in fam.rows:
-                    for lstr, (_, count) in zip(bls(names, values, buckets), buckets):
-                        w(f"{bname}{lstr} {_count_str(count)}\n")
+                    got = table.get(values)
+                    if got is not None and got[1] == total and got[0] == buckets:
+                        w(got[2])                    # a device without new steps: the same block
+                        continue
+                    block = [f"{bname}{lstr} {_count_str(count)}\n"
+                             for lstr, (_, count) in zip(bls(names, values, buckets), buckets)]
                     plain = ls(names, values)
-                    w(f"{cname}{plain} {_count_str(buckets[-1][1])}\n{sname}{plain} {_go_float(float(total))}\n")
+                    block.append(f"{cname}{plain} {_count_str(buckets[-1][1])}\n{sname}{plain} {_go_float(float(total))}\n")
+                    text = "".join(block)
+                    if got is None:
+                        self._n_prefixes += 1
+                    table[values] = (list(buckets), total, text)
+                    w(text)
             else:
-                table = self._prefix_table((mname, names))
+                table = self._prefix_table((mname, names))    # values -> (prefix, last value, last line)
                 get = table.get
                 for values, v in fam.rows:
-                    prefix = get(values)
-                    if prefix is None:
-                        prefix = table[values] = f"{mname}{ls(names, values)} "
+                    got = get(values)
+                    if got is not None and got[1] == v and v != 0.0:     # (0.0 == -0.0, rendered differently)
+                        w(got[2])
+                        continue
+                    if got is None:
+                        prefix = f"{mname}{ls(names, values)} "
                         self._n_prefixes += 1
-                    w(prefix)
-                    w(_go_float(v))
-                    w("\n")
+                    else:
+                        prefix = got[0]
+                    line = f"{prefix}{_go_float(v)}\n"
+                    table[values] = (prefix, v, line)
+                    w(line)
         return "".join(out).encode("utf-8")
 
 

@@ -196,3 +196,30 @@ def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentil
         assert d.step_time_max_s == float(w.max())
         assert d.run_step_time_p50_s == pytest.approx(float(np.percentile(times[:i], 50)), rel=1e-12)
     assert i == 700 and w is not None
+
+
+def test_renderer_reused_across_scrapes_renders_what_generate_latest_renders_each_time():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from monitoring.collector import PspnetCollector, TextRenderer
+    from monitoring.state import DeviceState, JobSummary
+
+    now = 1000.0
+    states = []
+    for k, (st, loss, p50) in enumerate([(0.5, 1.0, 0.5), (0.5, 1.0, 0.5), (0.25, 0.0, 0.5), (0.25, -0.0, 0.0),
+                                         (0.25, -0.0, -0.0), (0.75, 2.0, 0.5)]):
+        devs = {}
+        for r in range(3):
+            devs[r] = DeviceState(job="j", rank=r, device=r, host="h", state="running", step_time_s=st if r else 0.5,
+                                  loss=loss if r == 1 else 1.0, step_time_p50_s=p50, steps_seen=10 + k * (r == 2),
+                                  last_event_ts=now - 1, step_time_history=[(now - 10 + i, st) for i in range(k * (r == 2) + 1)])
+        states.append(JobSummary(job="j", state="running", devices=devs))
+    current = {"s": states[0]}
+    c = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")
+    reference = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")
+    reg = CollectorRegistry()
+    reg.register(reference)
+    renderer = TextRenderer()
+    for s in states:
+        current["s"] = s
+        assert renderer.render(c.families()) == generate_latest(reg)
