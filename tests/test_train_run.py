@@ -198,3 +198,24 @@ def test_two_ranks_in_a_dynamic_cluster_stay_identical(tmp_path):
         assert np.array_equal(p0[k].asnumpy(), p1[k].asnumpy()), k
     # ... while the BatchNorm statistics (plain BN on CPU) saw different data
     assert any(not np.array_equal(p0[k].asnumpy(), p1[k].asnumpy()) for k in p0 if "moving_mean" in k)
+
+
+def test_sigterm_stops_a_busy_rank_promptly_with_an_error_event(tmp_path):
+    import time
+    args = [sys.executable, "-m", "trainer.train", "--config", "smoke", *TINY, f"data_root={tmp_path / 'data'}",
+            "synth_images=8", f"output_dir={tmp_path / 'out'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stdout:                      # wait until the rank is busy (building / compiling)
+            if line.startswith("@pspnet ") and parse_line(line)["event"] == "start":
+                break
+        time.sleep(3)
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=120)       # a stuck rank would not end at all
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143
+    errors = [e for e in (parse_line(l) for l in rest.splitlines()) if e and e["event"] == "error"]
+    assert errors and "SIGTERM" in errors[0]["message"] and errors[0]["exit_code"] == 143

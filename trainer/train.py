@@ -339,8 +339,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_signal(signum, frame):  # noqa: ARG001
-    raise Terminated(signum)
+_STOP_SOCKETS = None
+
+
+def install_stop_handlers(events: EventWriter) -> None:
+    """SIGTERM/SIGINT end the rank promptly with an ``error`` event and exit 128+signal, even while the
+    main thread sits in a MindSpore kernel or collective (where a Python-level handler would never run):
+    the signal number arrives on a wakeup socket that a watcher thread reads.  Checkpoints are written
+    atomically, so stopping between two writes loses nothing but the current step.
+    SIGUSR1 dumps every thread's Python stack to stderr (for a rank that seems stuck)."""
+    import faulthandler
+    import socket
+    import threading
+
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError):
+        pass
+    global _STOP_SOCKETS
+    rsock, wsock = socket.socketpair()
+    _STOP_SOCKETS = (rsock, wsock)      # kept alive: a collected socket would close the wakeup fd
+    wsock.setblocking(False)
+    signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)   # the watcher acts; the main thread carries on
+
+    def watch() -> None:
+        while True:
+            data = rsock.recv(1)
+            if not data:
+                return
+            signum = data[0]
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                exc = Terminated(signum)
+                _report(events, exc, 128 + signum)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="pspnet-stop", daemon=True).start()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -357,8 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from trainer.world import join
         join(world)      # returns when the workers have finished
         return EXIT_OK
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    install_stop_handlers(events)
     resume = args.resume or os.environ.get("PSPNET_RESUME", "").strip() or None
     code = EXIT_FAILED
     try:
@@ -370,9 +406,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                     mindspore=ms.__version__, config=cfg.get("_path"), resume=resume)
         say(f"PSPNet trainer: {world.describe()}, config {cfg.get('_path')} ({config_sha(cfg)})")
         return Trainer(cfg, world, events, resume).run()
-    except Terminated as exc:
-        code = 128 + exc.signum
-        _report(events, exc, code)
     except BaseException as exc:  # noqa: BLE001 - every failure leaves an error event and a code
         code = _exit_code(exc)
         _report(events, exc, code)
@@ -387,12 +420,14 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_DATA
     if isinstance(exc, KeyboardInterrupt):
         return 130
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum
     return EXIT_FAILED
 
 
 def _report(events: EventWriter, exc: BaseException, code: int) -> None:
     if code == EXIT_FAILED:
-        traceback.print_exc()
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
     print(f"error: {exc}", file=sys.stderr, flush=True)
     try:
         events.emit("error", message=f"{type(exc).__name__}: {exc}", where=_where(exc), exit_code=code)
