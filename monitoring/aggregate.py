@@ -4,7 +4,8 @@ Stable API (the exporter, web dashboard, `top`, `summary` and the report build o
 
     agg = Aggregator(job="", window=100, straggler_margin=0.2, stale_after_s=300.0)
     agg.feed_event(ev)                  # one parsed event dict (monitoring.events.parse_line)
-    agg.feed_event_chunk(data)          # bytes of complete lines of one events/rank_<R>.jsonl file (fast path)
+    agg.feed_event_chunk(data)          # bytes of complete lines of one events/rank_<R>.jsonl file (fast path;
+                                        #    optional scan=scan_chunk(data), computed elsewhere, e.g. a worker)
     agg.feed_text(rec)                  # one monitoring.textlog.TextRecord with .rank set
     agg.set_job_info(job_json_dict)     # job.json as read (tolerant: unknown or missing keys are fine)
     agg.touch(rank, ts)                 # a text source changed at ts (text lines carry no time)
@@ -13,7 +14,8 @@ Stable API (the exporter, web dashboard, `top`, `summary` and the report build o
     agg.series(rank)                    # whole-run downsampled series for plots (dict of lists)
 
     mon = JobMonitor(paths, job=None)   # finds sources (monitoring.sources), tails them incrementally
-    mon.poll()                          # reads only new bytes of every source -> lines consumed
+    mon.poll()                          # reads only new bytes of every source -> lines consumed (unchanged
+                                        #    folders, job.json and files are skipped without reading)
     mon.summary(now=None)               # == mon.aggregator.snapshot()
 
 Statistics per device: step time p50/p95/max over a sliding window of the last ``window`` steps
