@@ -198,7 +198,7 @@ def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentil
     assert i == 700 and w is not None
 
 
-def test_renderer_reused_across_scrapes_renders_what_generate_latest_renders_each_time():
+def test_collector_and_renderer_reused_across_scrapes_render_what_a_fresh_one_renders():
     from prometheus_client import CollectorRegistry, generate_latest
 
     from monitoring.collector import PspnetCollector, TextRenderer
@@ -210,16 +210,17 @@ def test_renderer_reused_across_scrapes_renders_what_generate_latest_renders_eac
                                          (0.25, -0.0, -0.0), (0.75, 2.0, 0.5)]):
         devs = {}
         for r in range(3):
-            devs[r] = DeviceState(job="j", rank=r, device=r, host="h", state="running", step_time_s=st if r else 0.5,
+            devs[r] = DeviceState(job="j", rank=r, device=r, host="h", state="running" if k < 5 else "failed",
+                                  epoch=1, global_step=7, straggler=(k == 1 and r == 0), step_time_s=st if r else 0.5,
                                   loss=loss if r == 1 else 1.0, step_time_p50_s=p50, steps_seen=10 + k * (r == 2),
-                                  last_event_ts=now - 1, step_time_history=[(now - 10 + i, st) for i in range(k * (r == 2) + 1)])
+                                  last_event_ts=now - 1, step_time_history=[(now - 10 + i, 0.1 * (i + 1)) for i in range(k * (r == 2) + 1)])
         states.append(JobSummary(job="j", state="running", devices=devs))
     current = {"s": states[0]}
-    c = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")
-    reference = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")
-    reg = CollectorRegistry()
-    reg.register(reference)
+    c = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")   # reused: its caches carry over
     renderer = TextRenderer()
     for s in states:
         current["s"] = s
+        reference = PspnetCollector(lambda: [s], clock=lambda: now, host="n")    # fresh: nothing cached
+        reg = CollectorRegistry()
+        reg.register(reference)
         assert renderer.render(c.families()) == generate_latest(reg)
