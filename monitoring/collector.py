@@ -350,7 +350,6 @@ class PspnetCollector:
         self.clock = clock
         self.last_errors: Dict[str, str] = {}
         self._label_cache: Dict[tuple, Tuple[str, ...]] = {}
-        self._row_cache: Dict[tuple, tuple] = {}   # device labels -> (its values, its state-only samples)
         self._local_hosts: set = set()     # host labels of ranks ever listed by process_stats
 
     def describe(self) -> List[Metric]:
@@ -452,51 +451,31 @@ class PspnetCollector:
         for index, job in enumerate(jobs):
             first = index == 0
             jl = (str(job.job),)
-            fixed = (step_last, step_p50, step_p95, ips, loss, val_loss, epoch, gstep, steps, miou, best, strag, dstate)
-            rows_cache = self._row_cache
-            if len(rows_cache) > 100_000:
-                rows_cache.clear()
             for rank in sorted(job.devices):
                 dev = job.devices[rank]
                 lab = self._labels(dev)
-                numbers = (dev.step_time_s, dev.step_time_p50_s, dev.step_time_p95_s, dev.images_per_s, dev.loss,
-                           dev.val_loss, dev.epoch, dev.global_step, dev.steps_seen, dev.miou, dev.best_miou)
-                key = (lab, numbers, dev.straggler, dev.state)
-                got = rows_cache.get(lab)
-                if got is not None and got[0] == key and 0.0 not in numbers:   # (0.0 == -0.0: not cached)
-                    rows = got[1]
-                else:
-                    # the samples that depend on the device state only, in ``fixed`` order
-                    before = [len(f.rows) for f in fixed]
-                    step_last.add(lab, dev.step_time_s)
-                    step_p50.add(lab, dev.step_time_p50_s)
-                    step_p95.add(lab, dev.step_time_p95_s)
-                    ips.add(lab, dev.images_per_s)
-                    loss.add(lab, dev.loss)
-                    val_loss.add(lab, dev.val_loss)
-                    if dev.epoch:
-                        epoch.add(lab, dev.epoch)
-                    if dev.global_step:
-                        gstep.add(lab, dev.global_step)
-                    steps.add(lab, dev.steps_seen)
-                    miou.add(lab, dev.miou)
-                    best.add(lab, dev.best_miou)
-                    strag.add(lab, 1.0 if dev.straggler else 0.0)
-                    dstate.add(lab + (dev.state if dev.state in DEVICE_STATES else "unknown",), 1.0)
-                    rows = tuple(f.rows[-1] if len(f.rows) > n else None for f, n in zip(fixed, before))
-                    rows_cache[lab] = (key, rows)
-                    rows = None                  # added already
-                if rows is not None:
-                    for f, row in zip(fixed, rows):
-                        if row is not None:
-                            f.rows.append(row)
+                step_last.add(lab, dev.step_time_s)
+                step_p50.add(lab, dev.step_time_p50_s)
+                step_p95.add(lab, dev.step_time_p95_s)
                 hists.update_from(dev)
                 hb = hists.buckets(dev.job, dev.rank)
                 if hb is not None:
                     step_hist.rows.append((lab, hb[0], hb[1]))
+                ips.add(lab, dev.images_per_s)
+                loss.add(lab, dev.loss)
+                val_loss.add(lab, dev.val_loss)
+                if dev.epoch:
+                    epoch.add(lab, dev.epoch)
+                if dev.global_step:
+                    gstep.add(lab, dev.global_step)
+                steps.add(lab, dev.steps_seen)
+                miou.add(lab, dev.miou)
+                best.add(lab, dev.best_miou)
                 up.add(lab, 1.0 if self.is_up(dev, procs, now, live_known) else 0.0)
                 if dev.last_event_ts is not None:
                     age.add(lab, max(0.0, now - dev.last_event_ts))
+                strag.add(lab, 1.0 if dev.straggler else 0.0)
+                dstate.add(lab + (dev.state if dev.state in DEVICE_STATES else "unknown",), 1.0)
                 p = None
                 if has_procs:
                     p = procs.get((job.job, int(rank)))
