@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from .conv import Conv2d
 from .dropout import SeededDropout2d, dropout_seed_for
 from .loss import PSPLoss, SegCrossEntropy
 from .norm import use_sync_bn
@@ -21,22 +22,24 @@ from .pretrained import LoadReport, PretrainedError, load_backbone_checkpoint
 from .pspnet import PSPNet
 from .resnet import ResNet50V2
 
-__all__ = ["PSPNet", "ResNet50V2", "PPM", "AdaptiveAvgPool", "SeededDropout2d", "PSPLoss", "SegCrossEntropy",
+__all__ = ["Conv2d", "PSPNet", "ResNet50V2", "PPM", "AdaptiveAvgPool", "SeededDropout2d", "PSPLoss", "SegCrossEntropy",
            "LoadReport", "PretrainedError", "build_model", "build_loss", "split_params", "count_params",
            "load_backbone_checkpoint", "use_sync_bn", "dropout_seed_for"]
 
 BACKBONES = ("resnet50_v2",)
 
 
-def build_model(cfg: Mapping[str, Any], sync_bn: bool = False, verbose: bool = True) -> PSPNet:
+def build_model(cfg: Mapping[str, Any], sync_bn: bool = False, verbose: bool = True,
+                conv_impl: str = "auto") -> PSPNet:
     """The config's PSPNet (keys: classes, aux, backbone, pretrained, seed).  With ``pretrained`` set, the
     ResNet-50 weights are loaded into the backbone and the report is printed (and kept as
-    ``net.pretrained_report``)."""
+    ``net.pretrained_report``).  ``conv_impl``: see trainer/model/conv.py (``auto`` = im2col on CPU).
+    Set MindSpore's device before calling it, so that ``auto`` sees the right target."""
     backbone = cfg.get("backbone", "resnet50_v2")
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r} is not supported (use one of {', '.join(BACKBONES)})")
     net = PSPNet(classes=int(cfg.get("classes", 21)), aux=bool(cfg.get("aux", True)), sync_bn=sync_bn,
-                 init_seed=int(cfg.get("seed", 0)))
+                 init_seed=int(cfg.get("seed", 0)), conv_impl=conv_impl)
     net.pretrained_report = None
     if cfg.get("pretrained"):
         net.pretrained_report = load_backbone_checkpoint(net.backbone, str(cfg["pretrained"]), verbose=verbose)

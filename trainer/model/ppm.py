@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from mindspore import nn, ops
 
+from .conv import Conv2d
 from .norm import norm_layer
 
 
@@ -52,10 +53,10 @@ class AdaptiveAvgPool(nn.Cell):
 class PPMStage(nn.Cell):
     """One pyramid level: adaptive pool to ``bins`` -> 1x1 conv (no bias) -> BN -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, bins: int, norm: Callable[[int], nn.Cell]):
+    def __init__(self, cin: int, cout: int, bins: int, norm: Callable[[int], nn.Cell], conv_impl: str = "auto"):
         super().__init__()
         self.pool = AdaptiveAvgPool(bins)
-        self.conv = nn.Conv2d(cin, cout, 1, pad_mode="valid", has_bias=False, weight_init="zeros")
+        self.conv = Conv2d(cin, cout, 1, impl=conv_impl)
         self.bn = norm(cout)
         self.relu = nn.ReLU()
 
@@ -67,11 +68,11 @@ class PPM(nn.Cell):
     """``construct(x) -> concat([x] + [upsample(stage(x)) for each bin])``."""
 
     def __init__(self, in_channels: int = 2048, reduction: int = 512, bins: Sequence[int] = (1, 2, 3, 6),
-                 sync_bn: bool = False):
+                 sync_bn: bool = False, conv_impl: str = "auto"):
         super().__init__()
         norm = norm_layer(sync_bn)
         self.bins = tuple(int(b) for b in bins)
-        self.stages = nn.CellList([PPMStage(in_channels, reduction, b, norm) for b in self.bins])
+        self.stages = nn.CellList([PPMStage(in_channels, reduction, b, norm, conv_impl) for b in self.bins])
         self.out_channels = in_channels + reduction * len(self.bins)
 
     def construct(self, x):

@@ -20,6 +20,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 
+from .conv import Conv2d
 from .dropout import SeededDropout2d, dropout_seed_for
 from .norm import norm_layer
 from .ppm import PPM
@@ -29,14 +30,14 @@ from .resnet import ResNet50V2
 class SegHead(nn.Cell):
     """3x3 conv (no bias) -> BN -> ReLU -> Dropout2d -> 1x1 conv with bias to ``classes``."""
 
-    def __init__(self, cin: int, mid: int, classes: int, dropout: float, salt: int, sync_bn: bool = False):
+    def __init__(self, cin: int, mid: int, classes: int, dropout: float, salt: int, sync_bn: bool = False,
+                 conv_impl: str = "auto"):
         super().__init__()
-        self.conv = nn.Conv2d(cin, mid, 3, pad_mode="pad", padding=1, has_bias=False, weight_init="zeros")
+        self.conv = Conv2d(cin, mid, 3, padding=1, impl=conv_impl)
         self.bn = norm_layer(sync_bn)(mid)
         self.relu = nn.ReLU()
         self.dropout = SeededDropout2d(dropout, salt)
-        self.classifier = nn.Conv2d(mid, classes, 1, pad_mode="valid", has_bias=True,
-                                    weight_init="zeros", bias_init="zeros")
+        self.classifier = Conv2d(mid, classes, 1, has_bias=True, impl=conv_impl)
 
     def construct(self, x, seed):
         x = self.relu(self.bn(self.conv(x)))
@@ -45,20 +46,22 @@ class SegHead(nn.Cell):
 
 class PSPNet(nn.Cell):
     """PSPNet-ResNet50 (output stride 8).  ``init_seed`` makes the random initialisation reproducible
-    (every rank building the net with the same seed gets the same weights)."""
+    (every rank building the net with the same seed gets the same weights); ``conv_impl`` is how the
+    convolutions run (conv.py: ``auto`` = im2col on CPU, native on Ascend/GPU; no effect on parameters)."""
 
     def __init__(self, classes: int = 21, aux: bool = True, sync_bn: bool = False,
-                 bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, init_seed: int = 0):
+                 bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, init_seed: int = 0,
+                 conv_impl: str = "auto"):
         super().__init__()
         if int(classes) < 2:
             raise ValueError(f"classes must be at least 2, got {classes}")
         self.classes = int(classes)
         self.use_aux = bool(aux)
-        self.backbone = ResNet50V2(sync_bn=sync_bn)
-        self.ppm = PPM(2048, 512, bins, sync_bn=sync_bn)
-        self.head = SegHead(self.ppm.out_channels, 512, self.classes, dropout, salt=1, sync_bn=sync_bn)
+        self.backbone = ResNet50V2(sync_bn=sync_bn, conv_impl=conv_impl)
+        self.ppm = PPM(2048, 512, bins, sync_bn=sync_bn, conv_impl=conv_impl)
+        self.head = SegHead(self.ppm.out_channels, 512, self.classes, dropout, 1, sync_bn, conv_impl)
         if self.use_aux:
-            self.aux_head = SegHead(1024, 256, self.classes, dropout, salt=2, sync_bn=sync_bn)
+            self.aux_head = SegHead(1024, 256, self.classes, dropout, 2, sync_bn, conv_impl)
         #: written by the training loop before each step (see dropout.py); not trained
         self.dropout_seed = Parameter(Tensor(0, ms.int32), name="dropout_seed", requires_grad=False)
         init_weights(self, init_seed)

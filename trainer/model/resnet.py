@@ -9,7 +9,8 @@ Layout and parameter names follow the PSPNet reference (hszhao/semseg, and the M
   ``downsample.0``/``downsample.1`` the 1x1 projection and its BN;
 - ``layer3`` uses dilation 2 and ``layer4`` dilation 4, both with stride 1, so the output stride is 8.
 
-No conv in the backbone has a bias (BN follows each one).
+No conv in the backbone has a bias (BN follows each one).  ``conv_impl`` picks how convolutions run
+(see conv.py: ``auto`` is im2col on CPU, native elsewhere); it changes no parameter.
 """
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from typing import Callable, Optional, Tuple
 
 from mindspore import nn
 
+from .conv import Conv2d
 from .norm import norm_layer
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, pad_mode="pad", padding=dilation, dilation=dilation,
-                     has_bias=False, weight_init="zeros")
+def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1, impl: str = "auto") -> Conv2d:
+    return Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, impl=impl)
 
 
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, pad_mode="valid", has_bias=False, weight_init="zeros")
+def conv1x1(cin: int, cout: int, stride: int = 1, impl: str = "auto") -> Conv2d:
+    return Conv2d(cin, cout, 1, stride=stride, impl=impl)
 
 
 class Bottleneck(nn.Cell):
@@ -35,13 +36,14 @@ class Bottleneck(nn.Cell):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Cell] = None, norm: Callable[[int], nn.Cell] = norm_layer()):
+                 downsample: Optional[nn.Cell] = None, norm: Callable[[int], nn.Cell] = norm_layer(),
+                 impl: str = "auto"):
         super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
+        self.conv1 = conv1x1(inplanes, planes, impl=impl)
         self.bn1 = norm(planes)
-        self.conv2 = conv3x3(planes, planes, stride, dilation)
+        self.conv2 = conv3x3(planes, planes, stride, dilation, impl=impl)
         self.bn2 = norm(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv3 = conv1x1(planes, planes * self.expansion, impl=impl)
         self.bn3 = norm(planes * self.expansion)
         self.relu = nn.ReLU()
         self.downsample = downsample
@@ -62,14 +64,15 @@ class ResNet50V2(nn.Cell):
 
     layers = (3, 4, 6, 3)
 
-    def __init__(self, sync_bn: bool = False):
+    def __init__(self, sync_bn: bool = False, conv_impl: str = "auto"):
         super().__init__()
         norm = norm_layer(sync_bn)
-        self.conv1 = conv3x3(3, 64, stride=2)
+        self._impl = conv_impl
+        self.conv1 = conv3x3(3, 64, stride=2, impl=conv_impl)
         self.bn1 = norm(64)
-        self.conv2 = conv3x3(64, 64)
+        self.conv2 = conv3x3(64, 64, impl=conv_impl)
         self.bn2 = norm(64)
-        self.conv3 = conv3x3(64, 128)
+        self.conv3 = conv3x3(64, 128, impl=conv_impl)
         self.bn3 = norm(128)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
@@ -83,12 +86,13 @@ class ResNet50V2(nn.Cell):
                     norm: Callable[[int], nn.Cell]) -> nn.SequentialCell:
         downsample = None
         if stride != 1 or self._inplanes != planes * Bottleneck.expansion:
-            downsample = nn.SequentialCell([conv1x1(self._inplanes, planes * Bottleneck.expansion, stride),
+            downsample = nn.SequentialCell([conv1x1(self._inplanes, planes * Bottleneck.expansion, stride,
+                                                    impl=self._impl),
                                             norm(planes * Bottleneck.expansion)])
-        cells = [Bottleneck(self._inplanes, planes, stride, dilation, downsample, norm)]
+        cells = [Bottleneck(self._inplanes, planes, stride, dilation, downsample, norm, self._impl)]
         self._inplanes = planes * Bottleneck.expansion
         for _ in range(1, blocks):
-            cells.append(Bottleneck(self._inplanes, planes, 1, dilation, None, norm))
+            cells.append(Bottleneck(self._inplanes, planes, 1, dilation, None, norm, self._impl))
         return nn.SequentialCell(cells)
 
     def construct(self, x) -> Tuple:
