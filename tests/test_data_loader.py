@@ -182,3 +182,37 @@ def test_shard_arithmetic_for_any_list_size(monkeypatch):
         assert any(len(v) > (vsteps - 1) * batch for v in val)   # no rank gets a batch too many
 
     check()
+
+
+def test_pipeline_choice_follows_the_environment():
+    assert loader.pipeline_kind({}) == "mindspore"
+    assert loader.pipeline_kind({"MS_ROLE": "MS_WORKER"}) == "threads"          # a dynamic-cluster rank
+    assert loader.pipeline_kind({"MS_ROLE": "MS_WORKER", loader.PIPELINE_ENV: "mindspore"}) == "mindspore"
+    assert loader.pipeline_kind({loader.PIPELINE_ENV: "Threads"}) == "threads"
+    with pytest.raises(ValueError, match="PSPNET_DATA_PIPELINE='dali': use one of mindspore, threads"):
+        loader.pipeline_kind({loader.PIPELINE_ENV: "dali"})
+
+
+@pytest.mark.parametrize("world,rank,skip", [(1, 0, 0), (2, 1, 0), (3, 2, 1), (2, 0, 4)])
+def test_thread_pipeline_gives_the_mindspore_pipelines_batches(root, monkeypatch, world, rank, skip):
+    cfg = cfg_for(root, workers=2)
+    monkeypatch.setenv(loader.PIPELINE_ENV, "mindspore")
+    ms_train = collect(loader.train_batches(cfg, rank, world, 3, skip_steps=skip))
+    ms_val = collect(loader.val_batches(cfg, rank, world))
+    monkeypatch.setenv(loader.PIPELINE_ENV, "threads")
+    it = loader.train_batches(cfg, rank, world, 3, skip_steps=skip)
+    th_train = collect(it)
+    assert len(th_train) == loader.steps_per_epoch(cfg, world) - skip and it.batches == len(th_train)
+    assert it._it is None                                       # stopped by the loop's last next()
+    assert same(th_train, ms_train)
+    assert same(th_train, expected_train(cfg, rank, world, 3)[skip:])
+    assert same(collect(loader.val_batches(cfg, rank, world)), ms_val)
+
+
+def test_thread_pipeline_reports_bad_data_with_list_and_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(loader.PIPELINE_ENV, "threads")
+    synth.generate(tmp_path, images=8, seed=2, size=(40, 30), log=None)
+    bad = (tmp_path / "train.txt").read_text().splitlines()[3].split()[0]
+    (tmp_path / bad).write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"train.txt:4: unreadable image"):
+        collect(loader.train_batches(cfg_for(tmp_path, batch_size=1), 0, 1, 1))

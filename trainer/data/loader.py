@@ -27,12 +27,22 @@ Decoding and augmentation run in ``cfg["workers"]`` parallel workers.  They are 
 OpenCV releases the GIL, and worker processes (``python_multiprocessing``, chosen with
 ``PSPNET_DATA_PROCESSES=1``) cost about a second to stop at the end of every epoch, which is more than
 a whole epoch of decoding on small data sets (see docs/data.md for figures).
+
+Two pipelines produce the same batches (a test checks it): ``mindspore`` (mindspore.dataset, as above)
+and ``threads`` (a thread pool of ``cfg["workers"]`` that decodes the next batches ahead of the
+consumer).  ``PSPNET_DATA_PIPELINE`` picks one; by default a rank of a MindSpore dynamic cluster
+(``MS_ROLE`` set) uses ``threads``: with mindspore.dataset feeding it, MindSpore 2.10's CPU dynamic
+cluster stalls at the third training step (both ranks blocked in the graph run; reproduced with the
+launcher and with a hand-started scheduler + 2 workers), while the same job with the thread pipeline runs
+to the end.  A single process uses ``mindspore``.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -212,6 +222,65 @@ def _data_error(exc: RuntimeError) -> Exception:
 
 #: Set to 1 to decode in worker processes instead of threads (see the module docstring).
 PROCESSES_ENV = "PSPNET_DATA_PROCESSES"
+PIPELINE_ENV = "PSPNET_DATA_PIPELINE"
+PIPELINES = ("mindspore", "threads")
+
+
+def pipeline_kind(env: Optional[Dict[str, str]] = None) -> str:
+    """``PSPNET_DATA_PIPELINE`` if set, else ``threads`` inside a dynamic cluster and ``mindspore`` outside."""
+    env = os.environ if env is None else env
+    kind = env.get(PIPELINE_ENV, "").strip().lower()
+    if kind:
+        if kind not in PIPELINES:
+            raise ValueError(f"{PIPELINE_ENV}={kind!r}: use one of {', '.join(PIPELINES)}")
+        return kind
+    return "threads" if env.get("MS_ROLE") else "mindspore"
+
+
+class _ThreadPipeline:
+    """Decode rows with a thread pool, ``prefetch`` batches ahead of the consumer; same batches as the
+    mindspore.dataset pipeline (each sample's randomness comes from its own seed, not from the worker)."""
+
+    def __init__(self, rows: Sequence[np.ndarray], fn: Any, batch: int, workers: int, prefetch: int = 2) -> None:
+        self.rows, self.fn, self.batch = list(rows), fn, int(batch)
+        self.pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(max(1, int(workers)),
+                                                                     thread_name_prefix="pspnet-data")
+        self.pending: deque = deque()
+        self.submitted = 0
+        for _ in range(max(1, int(prefetch))):
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.pool is None or self.submitted + self.batch > len(self.rows):
+            return
+        chunk = self.rows[self.submitted:self.submitted + self.batch]
+        self.submitted += self.batch
+        self.pending.append([self.pool.submit(self.fn, row) for row in chunk])
+
+    def create_tuple_iterator(self, **_: Any) -> "_ThreadPipeline":
+        return self
+
+    def __next__(self) -> Batch:
+        if not self.pending:
+            raise StopIteration
+        futures = self.pending.popleft()
+        self._submit()
+        out = [f.result() for f in futures]
+        return (np.stack([o[0] for o in out]).astype(np.float32, copy=False),
+                np.stack([o[1] for o in out]).astype(np.int32, copy=False))
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+            self.pending.clear()
+
+
+def _shard_rows(order: Sequence[int], epoch: int, rank: int, world_size: int, start: int, count: int) -> List[np.ndarray]:
+    """Rows of rank ``rank`` (places r, r+W, ...), ``count`` of them from ``start``: what the sharded
+    GeneratorDataset followed by skip/take yields."""
+    mine = np.asarray(order, np.int64)[rank::world_size][start:start + count]
+    return [np.array([i, epoch], np.int64) for i in mine]
 
 
 def _map_options(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -244,6 +313,9 @@ def train_batches(cfg: Dict[str, Any], rank: int, world_size: int, epoch: int,
                       int(cfg.get("ignore_label", 255)))
 
     def make():
+        if pipeline_kind() == "threads":
+            rows = _shard_rows(order, epoch, rank, world_size, int(skip_steps) * batch, left * batch)
+            return _ThreadPipeline(rows, fn, batch, _map_options(cfg)["num_parallel_workers"])
         ds = _ds()
         d = ds.GeneratorDataset(_Source(order, epoch), column_names=["row"], shuffle=False,
                                 num_shards=world_size, shard_id=rank)
@@ -273,6 +345,9 @@ def val_batches(cfg: Dict[str, Any], rank: int, world_size: int) -> BatchIterato
                     int(cfg.get("ignore_label", 255)))
 
     def make():
+        if pipeline_kind() == "threads":
+            rows = _shard_rows(order, 0, rank, world_size, 0, steps * batch)
+            return _ThreadPipeline(rows, fn, batch, _map_options(cfg)["num_parallel_workers"])
         ds = _ds()
         d = ds.GeneratorDataset(_Source(order, 0), column_names=["row"], shuffle=False,
                                 num_shards=world_size, shard_id=rank)
