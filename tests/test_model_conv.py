@@ -75,8 +75,13 @@ def test_parameters_and_names_do_not_depend_on_the_implementation():
     assert not Conv2d(4, 6, 1, impl="im2col").im2col
 
 
-def test_auto_picks_im2col_on_cpu_and_rejects_unknown():
+def test_auto_picks_im2col_on_cpu_unless_onednn_is_capped(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert resolve_impl("auto") == "im2col"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert resolve_impl("auto") == "im2col"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert resolve_impl("auto") == "native"
     assert resolve_impl("native") == "native"
     with pytest.raises(ValueError, match="conv implementation"):
         resolve_impl("winograd")

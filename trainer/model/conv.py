@@ -12,15 +12,31 @@ conv, which is fast too.  On Ascend/GPU the native convolution is used.
 """
 from __future__ import annotations
 
+import os
+
 from mindspore import nn, ops
 
 IMPLS = ("auto", "native", "im2col")
+IMPL_ENV = "PSPNET_CONV_IMPL"     # overrides "auto" (e.g. to compare the two paths in one job)
+
+
+def _isa_capped() -> bool:
+    """True when oneDNN is capped below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2 ..., as trainer/world.py sets on
+    CPU before MindSpore loads): its NCHW KxK convs are then fast and the native conv wins."""
+    import os
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return bool(isa) and not isa.startswith(("AVX512", "AVX10", "ALL", "DEFAULT"))
 
 
 def resolve_impl(impl: str = "auto") -> str:
-    """``auto``: im2col when MindSpore's device target is CPU, native otherwise."""
+    """``auto``: im2col when MindSpore's device target is CPU and oneDNN is not capped below AVX-512,
+    native otherwise."""
     if impl not in IMPLS:
         raise ValueError(f"conv implementation must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get(IMPL_ENV, "").strip().lower() or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"{IMPL_ENV}={impl!r}: use one of {', '.join(IMPLS)}")
     if impl != "auto":
         return impl
     import mindspore as ms
@@ -28,7 +44,7 @@ def resolve_impl(impl: str = "auto") -> str:
         target = str(ms.get_context("device_target"))
     except Exception:  # pragma: no cover - context not readable: the safe, portable choice
         target = "CPU"
-    return "im2col" if target.upper() == "CPU" else "native"
+    return "im2col" if target.upper() == "CPU" and not _isa_capped() else "native"
 
 
 class Conv2d(nn.Conv2d):
