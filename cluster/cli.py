@@ -75,7 +75,7 @@ def _fail(cmd: str, exc: Exception) -> int:
 
 def _mapping(value: Any, source: str) -> Optional[Dict[int, str]]:
     """'0=a,1=b' / 'a,b' / {0: a} -> {0: 'a', ...} (values unchecked)."""
-    from cluster.devices import ClusterInputError
+    from cluster.devices import ClusterInputError, parse_device_mapping
 
     if value is None:
         return None
@@ -89,21 +89,7 @@ def _mapping(value: Any, source: str) -> Optional[Dict[int, str]]:
         return out
     if isinstance(value, (list, tuple)):
         return {i: str(v) for i, v in enumerate(value)}
-    out = {}
-    parts = [x.strip() for x in str(value).split(",") if x.strip()]
-    for i, part in enumerate(parts):
-        if "=" in part:
-            k, _, v = part.partition("=")
-            try:
-                key = int(k.strip())
-            except ValueError:
-                raise ClusterInputError(f"{k.strip()!r} is not a device id in {part!r}", source) from None
-        else:
-            key, v = i, part
-        if key in out:
-            raise ClusterInputError(f"device {key} given twice", source)
-        out[key] = v.strip()
-    return out
+    return parse_device_mapping(value, source)
 
 
 def _sdids(value: Any, source: str) -> Optional[Dict[int, int]]:

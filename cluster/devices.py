@@ -352,18 +352,13 @@ def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Opt
                          visible=devices, hccn_source=conf_src, npu_smi_source=npu_smi or "npu-smi info")
 
 
-def parse_ip_list(spec: str, source: str = "--ips") -> Dict[int, str]:
-    """Explicit device IPs: ``"0=192.168.1.10,1=192.168.1.11"`` or plain ``"192.168.1.10,192.168.1.11"``
-    (devices 0, 1, ... in order)."""
-    from cluster.hccn import check_ipv4
-
+def parse_device_mapping(spec: str, source: str) -> Dict[int, str]:
+    """``"0=a,1=b"`` or plain ``"a,b"`` (devices 0, 1, ... in order) -> {device id: text}; each device once."""
     out: Dict[int, str] = {}
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts:
-        raise ClusterInputError("no device IPs given", source)
     for k, part in enumerate(parts):
         if "=" in part:
-            key, _, ip = part.partition("=")
+            key, _, value = part.partition("=")
             try:
                 dev = int(key.strip())
             except ValueError:
@@ -371,14 +366,25 @@ def parse_ip_list(spec: str, source: str = "--ips") -> Dict[int, str]:
             if dev < 0:
                 raise ClusterInputError(f"device ids are not negative: {part!r}", source)
         else:
-            dev, ip = k, part
-        ip = ip.strip()
+            dev, value = k, part
+        if dev in out:
+            raise ClusterInputError(f"device {dev} given twice", source)
+        out[dev] = value.strip()
+    return out
+
+
+def parse_ip_list(spec: str, source: str = "--ips") -> Dict[int, str]:
+    """Explicit device IPs: ``"0=192.168.1.10,1=192.168.1.11"`` or plain ``"192.168.1.10,192.168.1.11"``
+    (devices 0, 1, ... in order)."""
+    from cluster.hccn import check_ipv4
+
+    out = parse_device_mapping(spec, source)
+    if not out:
+        raise ClusterInputError("no device IPs given", source)
+    for dev, ip in out.items():
         err = check_ipv4(ip)
         if err:
             raise ClusterInputError(f"device {dev}: {err}", source)
-        if dev in out:
-            raise ClusterInputError(f"device {dev} given twice", source)
-        out[dev] = ip
     return out
 
 
