@@ -34,7 +34,7 @@ CODE = (Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1
 sys.path.insert(0, str(CODE))
 
 from monitoring.aggregate import Aggregator, JobMonitor  # noqa: E402
-from monitoring.events import parse_line  # noqa: E402
+from cluster.contracts.events import parse_line  # noqa: E402
 from monitoring.summary import read_all  # noqa: E402
 from monitoring.synthetic import step_lines  # noqa: E402
 

@@ -275,7 +275,7 @@ def _emit(obj: Any, nl: str, out: List[str]) -> None:
 
 
 def write_rank_table(path: Any, table: Dict[str, Any]) -> None:
-    from cluster.jobdir import atomic_write_bytes
+    from cluster.contracts.jobdir import atomic_write_bytes
 
     atomic_write_bytes(path, rank_table_json(table).encode("utf-8"))
 

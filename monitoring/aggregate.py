@@ -3,7 +3,7 @@
 Stable API (the exporter, web dashboard, `top`, `summary` and the report build on it)::
 
     agg = Aggregator(job="", window=100, straggler_margin=0.2, stale_after_s=300.0)
-    agg.feed_event(ev)                  # one parsed event dict (monitoring.events.parse_line)
+    agg.feed_event(ev)                  # one parsed event dict (cluster.contracts.events.parse_line)
     agg.feed_event_chunk(data)          # bytes of complete lines of one events/rank_<R>.jsonl file (fast path;
                                         #    optional scan=scan_chunk(data), computed elsewhere, e.g. a worker)
     agg.feed_text(rec)                  # one monitoring.textlog.TextRecord with .rank set
@@ -49,8 +49,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from cluster.jobdir import EVENTS as EVENTS_DIR, JOB_JSON, LOGS as LOGS_DIR
-from monitoring.events import parse_line
+from cluster.contracts.jobdir import EVENTS as EVENTS_DIR, JOB_JSON, LOGS as LOGS_DIR
+from cluster.contracts.events import parse_line
 from monitoring.state import DeviceState, JobSummary
 
 EXACT_LIMIT = 4096          # whole-run step times kept exactly up to this many, then histogram

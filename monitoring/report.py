@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from cluster.jobdir import REPORT, atomic_write_bytes
+from cluster.contracts.jobdir import REPORT, atomic_write_bytes
 from monitoring.aggregate import JobMonitor
 from monitoring.state import JobSummary
 from monitoring.summary import COLUMNS, device_row, fmt_num, job_line, read_all

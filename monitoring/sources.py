@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
-from cluster.jobdir import EVENTS, JOB_JSON, LOGS
+from cluster.contracts.jobdir import EVENTS, JOB_JSON, LOGS
 
 _RANK_EVENTS = re.compile(r"^rank_(\d+)\.jsonl$")
 _RANK_LOG = re.compile(r"^rank_(\d+)\.log$")

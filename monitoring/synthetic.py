@@ -13,8 +13,8 @@ import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from cluster.jobdir import JobPaths, atomic_write_json
-from monitoring.events import MARKER, EventWriter
+from cluster.contracts.jobdir import JobPaths, atomic_write_json
+from cluster.contracts.events import MARKER, EventWriter
 
 
 def _writer(job: str, rank: int, world_size: int, attempt: int, host: str, buf: io.StringIO) -> EventWriter:
@@ -63,7 +63,7 @@ def rank_events(job: str, rank: int, world_size: int, *, epochs: int = 2, steps_
 
 
 def _line(ev: Dict[str, Any]) -> str:
-    from monitoring.events import encode
+    from cluster.contracts.events import encode
     return encode(ev)[len(MARKER):] + "\n"
 
 

@@ -32,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from monitoring.events import MARKER, parse_line
+from cluster.contracts.events import MARKER, parse_line
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|-inf|Infinity))"
 

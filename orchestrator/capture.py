@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from monitoring.events import parse_line, split_stream_line
+from cluster.contracts.events import parse_line, split_stream_line
 
 TAIL_LINES = 200
 

@@ -286,8 +286,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def _last_progress(job_dir: str, world_size: int) -> Dict[str, Dict[str, Any]]:
     """Per rank: the last step event (read from the tail of its events file)."""
-    from cluster.jobdir import JobPaths
-    from monitoring.events import parse_line
+    from cluster.contracts.jobdir import JobPaths
+    from cluster.contracts.events import parse_line
     paths = JobPaths(job_dir)
     out: Dict[str, Dict[str, Any]] = {}
     for r in range(world_size):
@@ -406,7 +406,7 @@ def _format_status(d: Dict[str, Any]) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
-    from cluster.jobdir import JobPaths
+    from cluster.contracts.jobdir import JobPaths
     from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError, pid_alive, read_launcher_pid
     try:
         state = JobState.load(args.job_dir)

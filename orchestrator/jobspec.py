@@ -193,7 +193,7 @@ def resolve(cli: Dict[str, Any], spec_file: Optional[str] = None, runs_dir: str 
 
 def check_job_dir_writable(job_dir: Path) -> None:
     """Create the job dir (or find it empty) and prove it is writable; SpecError otherwise."""
-    from cluster.jobdir import JOB_JSON
+    from cluster.contracts.jobdir import JOB_JSON
     if (job_dir / JOB_JSON).exists():
         raise SpecError(f"{job_dir}: already holds a job (job.json); use `pspnet-cluster resume {job_dir}` "
                         "or choose another --job-dir / --job-id")

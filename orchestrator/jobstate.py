@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from cluster.jobdir import JOB_JSON, atomic_write_json
+from cluster.contracts.jobdir import JOB_JSON, atomic_write_json
 
 SCHEMA = 1
 STATES = ("pending", "running", "restarting", "succeeded", "failed", "stopped")

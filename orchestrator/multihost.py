@@ -253,7 +253,7 @@ class RemoteLauncher:
     def prepare(self) -> None:
         """Make the job dir on every host and copy the rank table and resolved config there (in parallel)."""
         from cluster import ssh
-        from cluster.jobdir import atomic_write_json
+        from cluster.contracts.jobdir import atomic_write_json
         from orchestrator.workers import LaunchError
 
         if self._prepared:
@@ -275,7 +275,7 @@ class RemoteLauncher:
                 yaml.safe_dump(self.config, sort_keys=False)
             files[CONFIG_COPY] = text.encode()
             if s.local_job_dir:
-                from cluster.jobdir import atomic_write_bytes
+                from cluster.contracts.jobdir import atomic_write_bytes
                 atomic_write_bytes(os.path.join(s.local_job_dir, CONFIG_COPY), files[CONFIG_COPY])
 
         def one(host) -> Optional[str]:
@@ -470,7 +470,7 @@ def remote_launcher_and_lookup(plan: Any, log: Optional[Any] = None):
 
 
 def _checkpoints_main(job_dir: str, ranks: Sequence[int], verify: Optional[int]) -> Dict[str, Any]:
-    from cluster.jobdir import JobPaths, list_checkpoints
+    from cluster.contracts.jobdir import JobPaths, list_checkpoints
     paths = JobPaths(job_dir)
     out: Dict[str, Any] = {"ranks": {}, "intact": {}}
     for r in ranks:

@@ -2,7 +2,7 @@
 
 ``RestartPolicy.decide(result, restarts_done)`` looks only at the ``AttemptResult`` (data), so it
 does not care where the workers ran.  The checkpoint lookup is pluggable: the default looks in the
-local job dir (``cluster.jobdir.newest_common_checkpoint``: the newest global step that *every* rank
+local job dir (``cluster.contracts.jobdir.newest_common_checkpoint``: the newest global step that *every* rank
 holds intact, i.e. sidecar present and sha256 matching, one config_sha); the multi-host launcher
 passes a lookup that asks each host.
 
@@ -35,7 +35,7 @@ CheckpointLookup = Callable[[str, Iterable[int]], Optional[ResumePoint]]
 
 
 def local_checkpoint_lookup(job_dir: str, ranks: Iterable[int]) -> Optional[ResumePoint]:
-    from cluster.jobdir import newest_common_checkpoint
+    from cluster.contracts.jobdir import newest_common_checkpoint
     chosen = newest_common_checkpoint(Path(job_dir), list(ranks), verify=True)
     if not chosen:
         return None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from cluster.jobdir import JobPaths
+from cluster.contracts.jobdir import JobPaths
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import pytest
 
 from monitoring.aggregate import EXACT_LIMIT, Aggregator, JobMonitor, RunQuantiles, Series, stragglers
-from monitoring.events import EventWriter, parse_line
+from cluster.contracts.events import EventWriter, parse_line
 from monitoring.synthetic import rank_events, step_lines, write_synthetic_job
 
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.npu_smi import parse_npu_smi_info
 from monitoring.collector import STEP_TIME_BUCKETS, PspnetCollector, StepTimeHistograms, TextRenderer
-from monitoring.events import EventWriter
+from cluster.contracts.events import EventWriter
 from monitoring.exporter import CachedReader, align, serve, state_json
 from monitoring.state import DeviceState, JobSummary
 

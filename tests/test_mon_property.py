@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitoring.aggregate import Aggregator, JobMonitor
-from monitoring.events import parse_line
+from cluster.contracts.events import parse_line
 from monitoring.tailer import Tailer
 from monitoring.textlog import TextLogParser, parse_text_line
 

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from monitoring.events import EventWriter
+from cluster.contracts.events import EventWriter
 from monitoring.sources import discover
 from monitoring.summary import summarize
 from monitoring.textlog import TextLogParser, parse_text_line
@@ -39,7 +39,7 @@ def test_device_id_comes_from_the_miou_line_and_other_lines_are_ignored():
 
 def test_event_lines_inside_a_text_log():
     w = EventWriter(job="j", attempt=0, rank=2, world_size=4, device=2, host="h")
-    from monitoring.events import encode
+    from cluster.contracts.events import encode
     line = "2024-01-01 " + encode(w.event("step", epoch=1, step=1, global_step=1, steps_per_epoch=5, loss=1.0,
                                            step_time_s=0.5, images_per_s=4.0, lr=0.1))
     rec = parse_text_line(line)
@@ -124,7 +124,7 @@ def test_one_device_log_on_device_3():
 
 
 def test_job_dir_without_events_reads_rank_logs(tmp_path):
-    from monitoring.events import encode
+    from cluster.contracts.events import encode
     logs = tmp_path / "job" / "logs"
     logs.mkdir(parents=True)
     (tmp_path / "job" / "job.json").write_text('{"state": "running"}')

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from cluster.jobdir import checkpoint_name, write_sidecar
+from cluster.contracts.jobdir import checkpoint_name, write_sidecar
 from orchestrator.capture import RankSink
 from orchestrator.jobspec import JobSpec, SpecError, resolve
 from orchestrator.plan import Placement, JobPlan, attempt_workers

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from cluster.jobdir import list_checkpoints, read_sidecar
+from cluster.contracts.jobdir import list_checkpoints, read_sidecar
 from trainer.checkpoint import (BEST_NAME, CheckpointManager, ResumeError, check_resume, checkpoint_dir,
                                 load_into, resolve_resume_path, resume_point)
 

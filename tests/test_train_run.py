@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.jobdir import list_checkpoints, read_sidecar
-from monitoring.events import parse_line
+from cluster.contracts.jobdir import list_checkpoints, read_sidecar
+from cluster.contracts.events import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["crop_size=65", "base_size=80", "batch_size=2", "batch_size_val=2", "init_lr=0.002", "workers=1"]

@@ -1,12 +1,12 @@
 """Checkpoints of one rank: atomic save + sidecar, keep-last-K, best copy, and checked resume.
 
 Where: ``$PSPNET_JOB_DIR/ckpt/rank_<R>/`` under a job, else ``<output_dir>/ckpt/rank_<R>/`` (output_dir
-defaults to ``./runs/single``).  Names come from :func:`cluster.jobdir.checkpoint_name`
+defaults to ``./runs/single``).  Names come from :func:`cluster.contracts.jobdir.checkpoint_name`
 (``pspnet_e0002_s00000012.ckpt``); the best checkpoint so far is ``pspnet_best.ckpt`` (sidecar kind
 ``best``, never pruned, never picked for resume by the orchestrator).
 
 A save writes the MindSpore checkpoint to a temporary name in the same directory, renames it into
-place, then writes the sidecar (``cluster.jobdir.write_sidecar``): a checkpoint counts only once its
+place, then writes the sidecar (``cluster.contracts.jobdir.write_sidecar``): a checkpoint counts only once its
 sidecar exists.  The checkpoint holds the whole training cell: weights, BatchNorm statistics, the
 optimizer's momentum buffers and its ``global_step`` (which is also the learning-rate position).  The
 sidecar adds what the loop needs to continue: epoch, steps done in that epoch, steps per epoch,
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from cluster.jobdir import (CheckpointInfo, JobPaths, checkpoint_name, list_checkpoints, read_sidecar,
+from cluster.contracts.jobdir import (CheckpointInfo, JobPaths, checkpoint_name, list_checkpoints, read_sidecar,
                             sha256_file, sidecar_path, write_sidecar)
 
 BEST_NAME = "pspnet_best.ckpt"

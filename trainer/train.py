@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from monitoring.events import EventWriter
+from cluster.contracts.events import EventWriter
 from trainer.config import ConfigError, config_sha, load_config, parse_overrides
 from trainer.world import World, WorldError, tune_cpu_env, world_from_env
 

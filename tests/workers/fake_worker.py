@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cluster.jobdir import JobPaths, checkpoint_name, read_sidecar, write_sidecar  # noqa: E402
-from monitoring.events import EventWriter  # noqa: E402
+from cluster.contracts.jobdir import JobPaths, checkpoint_name, read_sidecar, write_sidecar  # noqa: E402
+from cluster.contracts.events import EventWriter  # noqa: E402
 
 
 def main() -> int:
