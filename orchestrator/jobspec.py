@@ -50,6 +50,7 @@ class JobSpec:
     overrides: List[str] = field(default_factory=list)   # KEY=VALUE (trainer) or extra args (--cmd)
     cmd: Optional[List[str]] = None         # any program instead of the trainer
     hosts: Optional[str] = None             # hosts file (multi-host launcher)
+    launcher: str = ""                      # where ranks run: a backend name (local, ssh, slurm); "" detects
     job_id: str = ""
     job_dir: str = ""
     max_restarts: int = 0
@@ -128,6 +129,9 @@ class JobSpec:
                 if not 0 < v < 65536:
                     raise bad(key, f"{v} is not a port number (1-65535)")
                 setattr(self, key, v)
+        self.launcher = str(self.launcher or "").strip().lower()
+        if self.launcher and not re.match(r"^[a-z0-9][a-z0-9_-]*$", self.launcher):
+            raise bad("launcher", f"{self.launcher!r} is not a launcher name (local, ssh, slurm)")
         if not isinstance(self.report, bool):
             raise bad("report", f"{self.report!r} is not true or false")
         if self.rank_table_format not in ("1.0", "1.2"):
