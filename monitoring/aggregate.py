@@ -575,6 +575,15 @@ class Aggregator:
             s.steps_seen += 1
             s.epoch = fields.get("epoch") or s.epoch
             s.step = fields.get("step") or s.step
+            s.steps_per_epoch = fields.get("steps_per_epoch") or s.steps_per_epoch
+            s.epochs = fields.get("epochs") or s.epochs
+            st = fields.get("step_time_s")
+            if s.source != "events":            # our own logs: the events say it
+                s.global_step = fields.get("global_step")      # None: the lines do not say
+            if st is not None and s.source != "events":   # MindFormers prints each step's time with its loss
+                s.step_time_s = st
+                d.pending.append(st)
+                d.recent_steps.append((None, st))
             d.pending_loss.append(math.nan if fields.get("loss") is None else fields["loss"])
             if fields.get("loss") is not None:
                 s.loss = fields["loss"]
@@ -856,11 +865,12 @@ class JobMonitor:
     are picked up by the next poll.
     """
 
-    def __init__(self, paths: Sequence[Any], job: Optional[str] = None, **agg_kwargs: Any) -> None:
-        from monitoring.sources import discover  # local: sources imports this module's siblings only
+    def __init__(self, paths: Sequence[Any], job: Optional[str] = None, discover: Any = None,
+                 **agg_kwargs: Any) -> None:
+        from monitoring.sources import discover as default_discover  # local: sources imports siblings only
         from monitoring.tailer import Tailer
         self.paths = [Path(p) for p in paths]
-        self._discover = discover
+        self._discover = discover or default_discover      # e.g. summary's --devices reading
         self.aggregator = Aggregator(job=job or "", **agg_kwargs)
         self.tailer = Tailer()
         self.sources: Dict[Path, Any] = {}
@@ -945,7 +955,8 @@ class JobMonitor:
                 continue
             parser = self._parsers.get(chunk.path)
             if parser is None:
-                parser = self._parsers[chunk.path] = TextLogParser(rank=src.rank, device=src.device)
+                parser = self._parsers[chunk.path] = TextLogParser(rank=src.rank, device=src.device,
+                                                                      devices=src.devices)
             touched = set()
             for line in chunk.data.split(b"\n"):
                 if not line:

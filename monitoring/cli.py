@@ -34,25 +34,49 @@ def _agg_kwargs(args: argparse.Namespace) -> dict:
 def add_summary(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
         "summary", help="per-device table of a job dir, a folder of logs, or log/event files",
+        epilog="examples:\n  pspnet-cluster summary runs/<job>\n  pspnet-cluster summary logs/   "
+               "# msrun worker_<N>.log, LOG<N>/log.txt, MindFormers rank_<N>/info.log\n"
+               "  pspnet-cluster summary train.log --devices 1   # one device's LossMonitor lines\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Summarise a job: per device steps, step time p50/p95/max (window and whole run), "
                     "images/s, loss, val loss, mIoU, best mIoU, state, straggler flags. PATH is a job dir "
-                    "(runs/<job>), a folder of logs (msrun worker_<N>.log, model zoo LOG<N>/log.txt), or files "
+                    "(runs/<job>), a folder of logs (msrun worker_<N>.log, model zoo LOG<N>/log.txt, MindFormers "
+                    "rank_<N>/info.log), or files "
                     "(events .jsonl or text logs). Each job dir is its own job; other paths form one job.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print JSON ({\"jobs\": [...]}) instead of a table")
+    p.add_argument("--devices", type=_positive_int, metavar="N",
+                   help="a lone log without per-device names holds N devices' lines (1: one device; N>1: N "
+                        "devices printing in turn); without it the step numbers and device ids decide, and "
+                        "the summary says which reading was used")
     _agg_options(p)
     p.set_defaults(func=cmd_summary)
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    from monitoring.summary import print_summaries, summarize
+def _positive_int(text: str) -> int:
     try:
-        jobs = summarize(args.paths, **_agg_kwargs(args))
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of devices, 1 or more")
+    return n
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from monitoring.summary import print_summaries, read_jobs
+    try:
+        jobs = read_jobs(args.paths, devices=args.devices, **_agg_kwargs(args))
     except FileNotFoundError as exc:
         print(f"pspnet-cluster summary: {exc}", file=sys.stderr)
         return 2
+    bad = [why for why in (j.unrecognised() for j in jobs) if why]
+    for why in bad:
+        print(f"pspnet-cluster summary: {why}", file=sys.stderr)
+    if bad and len(bad) == len(jobs):
+        return 2
     print_summaries(jobs, as_json=args.json)
-    return 0
+    return 2 if bad else 0
 
 
 # ---------------------------------------------------------------- top

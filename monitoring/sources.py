@@ -8,13 +8,17 @@
   events behind the ``@pspnet`` marker, so reading both would count everything twice).
 * **folder of logs** (searched three levels deep): ``*.jsonl`` event files; msrun's
   ``worker_<N>.log`` (rank N); the model zoo's ``LOG<N>/log.txt`` (device N, rank N); our
-  ``rank_<R>.log``; any other ``*.log``/``*.txt``/``*.out`` as a text log without a known rank.
-  ``scheduler.log`` is skipped.
+  ``rank_<R>.log``; MindFormers' ``rank_<N>/info.log`` (rank N); any other ``*.log``/``*.txt``/``*.out``
+  as a text log without a known rank.  ``scheduler.log`` is skipped.
 * **a file**: ``.jsonl`` is an event file; anything else a text log, ranked by its name as above.
 
-Text logs without a known rank: a single one is demultiplexed as an interleaved multi-device log
-(see ``monitoring.textlog``); when there are several, each is taken to be one device, ranked in
-name order after the ranked ones.
+Text logs without a known rank are read first (their head, ``HEAD_BYTES``) to see what their
+lines support (``monitoring.textlog.Layout``).  One that holds no per-device line (``eval.log``:
+job-level results only) takes no rank.  When one such log holds per-device lines, its reading is
+chosen from them: one device (it takes the first free rank) or several devices writing in turn
+(demultiplexed, see ``monitoring.textlog``); ``devices`` (summary's ``--devices N``) forces the
+reading.  When there are several, each is taken to be one device, ranked in name order after the
+ranked ones.  ``Source.reading`` says which reading was used and why.
 """
 from __future__ import annotations
 
@@ -25,11 +29,14 @@ from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
 from cluster.contracts.jobdir import EVENTS, JOB_JSON, LOGS
+from monitoring.textlog import Layout, TextLogParser
 
 _RANK_EVENTS = re.compile(r"^rank_(\d+)\.jsonl$")
 _RANK_LOG = re.compile(r"^rank_(\d+)\.log$")
 _WORKER_LOG = re.compile(r"^worker_(\d+)\.log$")
 _LOG_DIR = re.compile(r"^LOG(\d+)$", re.IGNORECASE)
+_MF_RANK_DIR = re.compile(r"^rank_(\d+)$")
+HEAD_BYTES = 1 << 20       # how much of a lone log is read to choose its reading
 TEXT_SUFFIXES = (".log", ".txt", ".out")
 SKIP_NAMES = ("scheduler.log",)
 
@@ -40,6 +47,8 @@ class Source:
     kind: str                        # "events" or "text"
     rank: Optional[int] = None
     device: Optional[int] = None
+    devices: Optional[int] = None    # a file several devices write in turn: how many (None: not known)
+    reading: str = ""                # how the file was read, when it had to be chosen
 
 
 @dataclass
@@ -71,6 +80,9 @@ def classify_file(path: Path) -> Source:
     if m and name == "log.txt":
         n = int(m.group(1))
         return Source(path, "text", n, n)
+    m = _MF_RANK_DIR.match(path.parent.name)
+    if m and name == "info.log":
+        return Source(path, "text", int(m.group(1)))
     return Source(path, "text")
 
 
@@ -106,7 +118,62 @@ def _walk_folder(root: Path, depth: int = 3) -> List[Path]:
     return out
 
 
-def discover(paths: Iterable[Any]) -> Found:
+def read_layout(path: Path, limit: int = HEAD_BYTES) -> Layout:
+    """What the head of a text log supports (see ``monitoring.textlog.TextLogParser.layout``)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(limit)
+    except OSError:
+        return Layout(None, "unreadable")
+    if len(head) == limit:
+        head = head[:head.rfind(b"\n") + 1]     # whole lines only
+    parser = TextLogParser()
+    for line in head.split(b"\n"):
+        parser.feed(line)
+    return parser.layout()
+
+
+def _rank_unranked(unique: List[Source], devices: Optional[int]) -> List[Source]:
+    """Ranks (and readings) for the text logs whose names give none (see the module docstring)."""
+    unranked = [s for s in unique if s.kind == "text" and s.rank is None]
+    if not unranked:
+        return unique
+    layouts = {s.path: read_layout(s.path) for s in unranked}
+    per_device = [s for s in unranked if layouts[s.path].devices is not None]
+    taken = {s.rank for s in unique if s.rank is not None}
+    new: dict = {}
+
+    def free() -> int:
+        r = 0
+        while r in taken:
+            r += 1
+        taken.add(r)
+        return r
+
+    for s in unranked:
+        if layouts[s.path].devices is None and not (devices and len(unranked) == 1):
+            new[s.path] = Source(s.path, "text", reading=f"{s.path.name}: no per-device lines: "
+                                                          f"job-level lines only")
+    if len(per_device) == 1 or (devices and len(unranked) == 1):
+        s = per_device[0] if per_device else unranked[0]
+        lay = layouts[s.path]
+        n = devices or lay.devices
+        forced = " (--devices)" if devices else ""
+        if n == 1:
+            dev = lay.device_ids[0] if len(lay.device_ids) == 1 else None
+            why = "one device" + forced if devices else lay.reason
+            new[s.path] = Source(s.path, "text", free(), dev, 1, f"{s.path.name}: read as {why}")
+        else:
+            why = f"{n} devices writing in turn{forced}" if devices else lay.reason
+            new[s.path] = Source(s.path, "text", None, None, n if devices else None,
+                                 f"{s.path.name}: read as {why}")
+    else:
+        for s in per_device:
+            new[s.path] = Source(s.path, "text", free(), reading=f"{s.path.name}: one device of several logs")
+    return [new.get(s.path, s) for s in unique]
+
+
+def discover(paths: Iterable[Any], devices: Optional[int] = None) -> Found:
     """Sources of the given paths (see the module docstring).  Missing paths are listed, not raised."""
     found = Found()
     files: List[Source] = []
@@ -133,16 +200,6 @@ def discover(paths: Iterable[Any]) -> Found:
         if key not in seen:
             seen.add(key)
             unique.append(s)
-    unranked = [s for s in unique if s.kind == "text" and s.rank is None]
-    if len(unranked) > 1:
-        taken = {s.rank for s in unique if s.rank is not None}
-        nxt = 0
-        ranked = {}
-        for s in unranked:
-            while nxt in taken:
-                nxt += 1
-            ranked[s.path] = Source(s.path, "text", nxt)
-            taken.add(nxt)
-        unique = [ranked.get(s.path, s) for s in unique]
+    unique = _rank_unranked(unique, devices)
     found.sources = unique
     return found

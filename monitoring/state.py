@@ -24,7 +24,7 @@ class DeviceState:
     epochs: Optional[int] = None     # planned epochs, when known
     step: int = 0                    # step within epoch
     steps_per_epoch: Optional[int] = None
-    global_step: int = 0
+    global_step: Optional[int] = None  # None: unknown (text logs that do not say)
     steps_seen: int = 0              # step records aggregated (for rates)
     loss: Optional[float] = None
     lr: Optional[float] = None

@@ -1,13 +1,18 @@
-"""`pspnet-cluster summary`: aggregate a job's files once and print a table (rich) or JSON."""
+"""`pspnet-cluster summary`: aggregate a job's files once and print a table (rich) or JSON.
+
+The steps column is the global step the inputs support ('-' and JSON null where they do not say it).
+"""
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
 
 from monitoring.aggregate import JobMonitor
-from monitoring.sources import is_job_dir
+from monitoring.sources import Found, discover, is_job_dir
 from monitoring.state import DeviceState, JobSummary
 
 
@@ -36,12 +41,44 @@ def read_all(monitor: JobMonitor, max_polls: int = 100000) -> None:
             return
 
 
-def summarize(paths: Sequence[Any], now: Optional[float] = None, **agg_kwargs: Any) -> List[JobSummary]:
+def summarize(paths: Sequence[Any], now: Optional[float] = None, devices: Optional[int] = None,
+              **agg_kwargs: Any) -> List[JobSummary]:
+    """One summary per group of ``paths`` (see ``group_paths``); ``devices`` forces how many devices
+    a lone log of several devices' lines holds (see ``monitoring.sources``)."""
+    return [job.summary for job in read_jobs(paths, now, devices, **agg_kwargs)]
+
+
+@dataclass
+class JobRead:
+    """One group of inputs as read: its summary, its sources, and what was not recognised."""
+    summary: JobSummary
+    found: Found
+
+    @property
+    def readings(self) -> List[str]:
+        """How the logs whose reading had to be chosen were read (one line each)."""
+        return [s.reading for s in self.found.sources if s.reading]
+
+    def unrecognised(self) -> Optional[str]:
+        """Why nothing came of these inputs (None when something was recognised or a job dir may
+        still be starting)."""
+        s = self.summary
+        if s.devices or s.eval_results or self.found.job_dir is not None:
+            return None
+        names = ", ".join(str(src.path) for src in self.found.sources[:5]) or "no log or event files"
+        return (f"nothing recognised in {names}: expected msrun worker_<N>.log, model zoo LOG<N>/log.txt, "
+                f"MindSpore LossMonitor/TimeMonitor lines ('epoch: 1 step: 10, loss is 0.5'), MindFormers "
+                f"lines ('{{ Epoch:[  1/  2], step:[    1/   19], loss: ...'), or our event stream (.jsonl)")
+
+
+def read_jobs(paths: Sequence[Any], now: Optional[float] = None, devices: Optional[int] = None,
+              **agg_kwargs: Any) -> List[JobRead]:
     out = []
     for group in group_paths(paths):
-        mon = JobMonitor(group, **agg_kwargs)
+        disc = functools.partial(discover, devices=devices)
+        mon = JobMonitor(group, discover=disc, **agg_kwargs)
         read_all(mon)
-        out.append(mon.summary(now))
+        out.append(JobRead(mon.summary(now), disc(group)))
     return out
 
 
@@ -88,7 +125,7 @@ COLUMNS = ("rank", "dev", "host", "state", "epoch", "steps", "step ms p50", "p95
 def device_row(dev: DeviceState) -> List[str]:
     epoch = str(dev.epoch) + (f"/{dev.epochs}" if dev.epochs else "")
     return [str(dev.rank), "-" if dev.device is None else str(dev.device), dev.host or "-", dev.state, epoch,
-            str(dev.global_step or dev.steps_seen), fmt_ms(dev.step_time_p50_s), fmt_ms(dev.step_time_p95_s),
+            "-" if dev.global_step is None else str(dev.global_step), fmt_ms(dev.step_time_p50_s), fmt_ms(dev.step_time_p95_s),
             fmt_ms(dev.step_time_max_s), fmt_ms(dev.run_step_time_p50_s), fmt_ms(dev.run_step_time_p95_s),
             fmt_ms(dev.step_time_s), fmt_num(dev.images_per_s, 2), fmt_num(dev.loss), fmt_num(dev.val_loss),
             fmt_num(dev.miou), fmt_num(dev.best_miou), fmt_age(dev.last_event_age_s), flags(dev)]
@@ -120,17 +157,27 @@ def summary_table(s: JobSummary) -> Any:
     return table
 
 
-def print_summaries(jobs: Iterable[JobSummary], as_json: bool = False, file: Any = None) -> None:
-    jobs = list(jobs)
+def print_summaries(jobs: Iterable[Any], as_json: bool = False, file: Any = None) -> None:
+    """Print summaries (``JobSummary``, or ``JobRead`` to add how each log was read)."""
+    reads = [j if isinstance(j, JobRead) else None for j in jobs]
+    jobs = [j.summary if isinstance(j, JobRead) else j for j in jobs]
     out = file or sys.stdout
     if as_json:
-        json.dump({"jobs": [j.to_dict() for j in jobs]}, out, indent=2, default=str)
+        dicts = []
+        for s, r in zip(jobs, reads):
+            d = s.to_dict()
+            if r is not None:
+                d["readings"] = r.readings
+            dicts.append(d)
+        json.dump({"jobs": dicts}, out, indent=2, default=str)
         out.write("\n")
         return
     from rich.console import Console
     console = Console(file=out, width=max(200, Console().width if file is None else 200))
-    for s in jobs:
+    for s, r in zip(jobs, reads):
         console.print(summary_table(s))
+        for line in (r.readings if r is not None else []):
+            console.print(line, markup=False, highlight=False)
         for ev in s.eval_results:
             console.print(f"eval {ev.get('name', 'eval')}: mIoU {fmt_num(ev.get('miou'))} "
                           f"mAcc {fmt_num(ev.get('macc'))} allAcc {fmt_num(ev.get('allacc'))}")
