@@ -1,0 +1,182 @@
+"""What each Slurm task of a pspnet-cluster step runs (``python -m cluster.slurm_task ...``).
+
+The launcher starts one ``srun`` step per attempt; every task of it runs ``run``, which turns the
+task's Slurm identity (SLURM_PROCID, SLURM_LOCALID, SLURMD_NODENAME) into the rank the plan gave it:
+it reads the attempt file the launcher wrote into the shared job dir (``slurm/attempt_<N>.json``:
+argv, env and cwd of each rank, and of the dynamic cluster's scheduler), checks that Slurm put the
+task on the node the plan expects, and starts the rank as its child with that environment, so a rank
+sees the same environment as under the other launchers.  Task 0 also starts the scheduler.
+
+The child stays in the task's process group (Slurm tracks and signals a step's processes by group or
+cgroup, so a step's SIGTERM/SIGKILL reaches the rank directly) and dies with the task (PDEATHSIG).
+Output: stdout and stderr of the rank go to the task's stdout, which ``srun --label`` prefixes with
+the task id for the launcher.  Control lines for the launcher start with ``CONTROL``:
+
+    @@pspnet-slurm pid <pid> <node> <step id>     the rank's process exists
+    @@pspnet-slurm exit <code>                    the rank ended (subprocess code: -9 = SIGKILL)
+    @@pspnet-slurm sched <line>                   a line of the scheduler's output (task 0)
+    @@pspnet-slurm sched-pid <pid> / sched-exit <code>
+
+The task exits with the rank's status (128 + signal for a signal), so a failed rank fails the task
+and ``srun --kill-on-bad-exit`` takes the whole step down.
+
+``probe`` (one task per node, before anything starts) reports the node: its name, whether it sees the
+job dir (a token file the launcher wrote), the Python and the devices it would use, as one
+``@@pspnet-slurm probe {json}`` line.
+
+This module imports only the standard library at start (and cluster/devices.py for a probe), so a
+task adds a Python start-up (~30 ms) and no more to each rank's start.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Dict, List, Optional
+
+CONTROL = "@@pspnet-slurm "
+PR_SET_PDEATHSIG = 1
+
+_write_lock = threading.Lock()
+
+
+def emit(text: str) -> None:
+    """One whole line on stdout in one write (lines of the rank and the scheduler never mix)."""
+    data = (text + "\n").encode("utf-8", errors="replace")
+    with _write_lock:
+        while data:
+            n = os.write(1, data)
+            data = data[n:]
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _start(entry: Dict[str, Any], piped: bool) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in entry.get("env", {}).items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen(list(entry["argv"]), env=env, cwd=entry.get("cwd") or None,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if piped else None,
+                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, close_fds=True)
+
+
+def _pump(proc: subprocess.Popen, prefix: str) -> threading.Thread:
+    def run() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            emit(prefix + raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _status(code: int) -> int:
+    """The task's own exit status for a rank's subprocess code."""
+    return 128 - code if code < 0 else code
+
+
+def run(attempt_file: str) -> int:
+    procid = int(os.environ.get("SLURM_PROCID", "0"))
+    node = os.environ.get("SLURMD_NODENAME", "")
+    try:
+        with open(attempt_file) as fh:
+            attempt = json.load(fh)
+    except (OSError, ValueError) as exc:
+        print(f"pspnet-cluster slurm task {procid} on {node}: cannot read {attempt_file}: {exc} "
+              "(is the job dir on a file system every node sees?)", file=sys.stderr, flush=True)
+        return 2
+    tasks = attempt.get("tasks", [])
+    if procid >= len(tasks):
+        print(f"pspnet-cluster slurm task {procid}: the plan has only {len(tasks)} ranks", file=sys.stderr, flush=True)
+        return 2
+    entry = tasks[procid]
+    if entry.get("host") and node and entry["host"] != node:
+        print(f"pspnet-cluster slurm task {procid}: Slurm placed it on {node}, the plan has rank "
+              f"{entry['env'].get('RANK_ID')} on {entry['host']}; the allocation changed since planning",
+              file=sys.stderr, flush=True)
+        return 2
+    # Slurm signals the whole group; the rank acts on SIGTERM itself, this task only waits for it
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda *_: None)
+    sched = attempt.get("scheduler") if procid == 0 else None
+    sproc = spump = None
+    if sched:
+        sproc = _start(sched, piped=True)
+        emit(f"{CONTROL}sched-pid {sproc.pid}")
+        spump = _pump(sproc, CONTROL + "sched ")
+    # task 0 shares its stdout with the scheduler's lines, so its rank's lines go through whole-line
+    # writes too; other tasks hand the rank their stdout directly
+    proc = _start(entry, piped=sched is not None)
+    emit(f"{CONTROL}pid {proc.pid} {node} {os.environ.get('SLURM_STEP_ID', '')}")
+    pump = _pump(proc, "") if sched else None
+    code = proc.wait()
+    if pump is not None:
+        pump.join(5.0)
+    emit(f"{CONTROL}exit {code}")
+    if sproc is not None:
+        if code != 0 and sproc.poll() is None:
+            sproc.kill()
+        try:
+            scode = sproc.wait(timeout=float(attempt.get("scheduler_linger", 30.0)))
+        except subprocess.TimeoutExpired:
+            sproc.kill()
+            scode = sproc.wait()
+        if spump is not None:
+            spump.join(5.0)
+        emit(f"{CONTROL}sched-exit {scode}")
+        if code == 0 and scode != 0:
+            return _status(scode)
+    return _status(code)
+
+
+def probe(token: str, devices: str, backend: str, hccn_conf: Optional[str], npu_smi: Optional[str]) -> int:
+    node = os.environ.get("SLURMD_NODENAME", "")
+    report: Dict[str, Any] = {"node": node, "python": sys.executable, "token": None, "devices": None,
+                              "error": None}
+    try:
+        with open(token) as fh:
+            report["token"] = fh.read().strip()
+    except OSError as exc:
+        report["token_error"] = exc.strerror or str(exc)
+    try:
+        from cluster.devices import discover_local
+        server = discover_local(backend, devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
+        report["devices"] = [d.to_dict() for d in server.devices]
+    except Exception as exc:  # noqa: BLE001 - reported to the launcher, which names the node
+        report["error"] = str(exc)
+    emit(CONTROL + "probe " + json.dumps(report))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m cluster.slurm_task")
+    sub = ap.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="start this task's rank (and on task 0 the scheduler)")
+    r.add_argument("attempt_file")
+    p = sub.add_parser("probe", help="report this node to the launcher")
+    p.add_argument("--token", required=True)
+    p.add_argument("--devices", required=True)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--hccn-conf")
+    p.add_argument("--npu-smi")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        return run(args.attempt_file)
+    if args.cmd == "probe":
+        return probe(args.token, args.devices, args.backend, args.hccn_conf, args.npu_smi)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The Slurm backend against a real two-node Slurm, with fake ranks (fast): one srun step per attempt,
+ranks placed over both nodes, each rank's output in its own log and event file, the rank environment
+as the other launchers give it, a killed rank bringing the whole step down, and clear preflight errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.slurm import slurm_cluster  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "tests" / "workers" / "slurm_step_driver.py"
+
+
+def _drive(cluster, job, devices="2", alloc=("-N2", "--ntasks-per-node=2"), extra=()):
+    env = cluster.env()
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run(["salloc", *alloc, sys.executable, str(DRIVER), str(job), devices, *extra],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=str(job.parent))
+    for line in res.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):]), res
+    return None, res
+
+
+def _events(job, rank):
+    return [json.loads(l) for l in (job / "events" / f"rank_{rank}.jsonl").read_text().splitlines()]
+
+
+def test_four_ranks_on_two_nodes_as_one_step(slurm_cluster, tmp_path):
+    job = tmp_path / "job"
+    out, res = _drive(slurm_cluster, job, extra=("--steps", "3", "--print-env"))
+    assert out is not None, res.stdout + res.stderr
+    assert out["outcome"] == "succeeded" and set(out["exit_codes"].values()) == {0}
+    assert out["servers"] == ["node1", "node2"]
+    assert out["nodes"] == {"scheduler": "node1", "rank_0": "node1", "rank_1": "node1", "rank_2": "node2",
+                            "rank_3": "node2"}
+    assert "--kill-on-bad-exit=1" in out["srun"] and "--ntasks-per-node=2" in out["srun"]
+    host, port = out["rendezvous"]
+    assert host == "127.0.0.1" and 20000 <= port < 32768
+    for r in range(4):
+        env = json.loads(next(l for l in (job / "logs" / f"rank_{r}.log").read_text().splitlines()
+                              if l.startswith("ENV "))[4:])
+        assert env["RANK_ID"] == str(r) and env["RANK_SIZE"] == "4"
+        assert env["DEVICE_ID"] == str(r % 2) and env["PSPNET_LOCAL_RANK"] == str(r % 2)
+        assert env["MS_SCHED_HOST"] == host and env["MS_SCHED_PORT"] == str(port) and env["MS_WORKER_NUM"] == "4"
+        evs = _events(job, r)
+        assert {e["host"] for e in evs} == {"node1" if r < 2 else "node2"}
+        assert [e["global_step"] for e in evs if e["event"] == "step"] == [1, 2, 3]
+    assert "fake scheduler" in (job / "logs" / "scheduler.log").read_text()
+
+
+def test_a_killed_rank_takes_the_step_down_and_is_named(slurm_cluster, tmp_path):
+    job = tmp_path / "job"
+    out, res = _drive(slurm_cluster, job, extra=("--steps", "200", "--step-time", "0.05", "--kill-self-at", "3",
+                                                 "--bad-rank", "3"))
+    assert out is not None, res.stdout + res.stderr
+    assert out["outcome"] == "failed"
+    f = out["failure"]
+    assert f["rank"] == 3 and f["signal"] == "SIGKILL"
+    assert all(c is not None and c != 0 for c in out["exit_codes"].values())     # every task is gone
+    assert out["group_down_s"] < 10
+
+
+def test_more_ranks_per_node_than_the_job_holds_is_refused(slurm_cluster, tmp_path):
+    job = tmp_path / "job"
+    out, res = _drive(slurm_cluster, job, devices="3", alloc=("-N2", "--ntasks-per-node=1"))
+    assert out is None
+    assert "--devices 3: 3 rank(s) per node, but this Slurm job holds 1 CPU(s) on node1" in res.stderr
+    assert not (job / "slurm").exists()              # no attempt: nothing started
