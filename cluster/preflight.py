@@ -137,22 +137,12 @@ def probe(*, backend: str = "auto", devices: Any = None, job_root: str = "runs",
     if os.path.exists(root) and not os.access(root, os.W_OK):
         problems.append(f"job root {root} is not writable")
     if port:
+        from cluster.proc import port_is_free
         out["port_free"] = port_is_free(int(port))
         if not out["port_free"]:
             problems.append(f"rendezvous port {port} is in use (choose another with --port)")
     out["problems"] = problems
     return out
-
-
-def port_is_free(port: int) -> bool:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def probe_argv(host: Any, *, backend: str, devices: Any, port: Optional[int], min_free_gb: float,

@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
+from cluster.proc import BLOCK, LineSplitter, describe_exit, signal_group, spawn
+
 WRAP_MARKER = "@pspnet-wrap "
 #: Exit code of a process whose SSH connection was lost (what ``ssh`` itself returns for its errors).
 EXIT_SSH_LOST = 255
@@ -322,23 +324,21 @@ class RemoteProcess:
             print(f"pspnet-cluster: output sink of {self.label} failed: {exc}", file=sys.stderr)
 
     def _pump(self) -> None:
-        buf = b""
+        splitter = LineSplitter()
         lost = False
         try:
             while True:
                 try:
-                    data = self.channel.recv(65536)
+                    data = self.channel.recv(BLOCK)
                 except (socket.error, EOFError, OSError):
                     lost = True
                     break
                 if not data:
                     break
-                buf += data
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    self._deliver(raw.decode("utf-8", errors="replace").rstrip("\r"))
-            if buf:
-                self._deliver(buf.decode("utf-8", errors="replace").rstrip("\r"))
+                for line in splitter.feed(data):
+                    self._deliver(line)
+            for line in splitter.flush():
+                self._deliver(line)
             status = -1
             if not lost:
                 try:
@@ -372,7 +372,7 @@ class RemoteProcess:
         if self._reported_exit is not None:
             self.exit_code = self._reported_exit
             if self.exit_code != 0:
-                self.reason = _exit_words(self.exit_code)
+                self.reason = describe_exit(self.exit_code)
         elif status == -1:
             self.exit_code = EXIT_SSH_LOST
             self.reason = f"SSH connection to {self.label} lost"
@@ -457,46 +457,7 @@ class RemoteProcess:
         self._close_fds()
 
 
-def _exit_words(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
-
-
 # ---------------------------------------------------------------- the remote wrapper
-
-def _child_setup(affinity: Optional[Sequence[int]]) -> Optional[Callable[[], None]]:
-    """Runs in the child before exec: die with the wrapper (PR_SET_PDEATHSIG), pin to ``affinity``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        libc = None
-    parent = os.getpid()
-    cores = None
-    if affinity:
-        try:   # the launcher planned the binding elsewhere: keep the cores this host has
-            cores = set(affinity) & os.sched_getaffinity(0)
-        except (AttributeError, OSError):
-            cores = None
-
-    def setup() -> None:
-        if libc is not None:
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(137)
-        if cores:
-            try:
-                os.sched_setaffinity(0, cores)
-            except OSError:
-                pass
-    return setup
-
 
 def _say(obj: Dict[str, Any]) -> None:
     data = (WRAP_MARKER + json.dumps(obj) + "\n").encode()
@@ -523,8 +484,7 @@ def wrap_main(argv: Sequence[str]) -> int:
     parent = os.getppid()
     try:
         affinity = [int(c) for c in args.affinity.split(",") if c.strip().isdigit()]
-        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=1, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=_child_setup(affinity))
+        child = spawn(cmd, stdout=1, affinity=affinity)
     except OSError as exc:
         print(f"cannot start {cmd[0]!r}: {exc.strerror or exc}", flush=True)
         _say({"exit": 127})
@@ -535,10 +495,7 @@ def wrap_main(argv: Sequence[str]) -> int:
     state = {"term_at": None}
 
     def group(sig: int) -> None:
-        try:
-            os.killpg(child.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(child.pid, sig)
 
     def teardown() -> None:
         with lock:

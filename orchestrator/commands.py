@@ -140,6 +140,7 @@ def _console(args: argparse.Namespace):
 # ---------------------------------------------------------------- launch
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from cluster.contracts.jobdir import JobDirBusy
     from cluster.devices import ClusterInputError
     from orchestrator.jobspec import SpecError, check_job_dir_writable, resolve
     from orchestrator.plan import attempt_workers, describe_plan, resolve_plan
@@ -164,36 +165,66 @@ def cmd_launch(args: argparse.Namespace) -> int:
             print("dry run: nothing started")
             return 0
         check_job_dir_writable(spec.job_path)
-    except (SpecError, ClusterInputError) as exc:
+        lock = _own(spec.job_path)
+        check_job_dir_writable(spec.job_path)   # again under the lock: a launch that won the race owns it
+    except (SpecError, ClusterInputError, JobDirBusy) as exc:
         return _err("launch", exc)
     from orchestrator.jobstate import JobState
     from orchestrator.runner import JobRunner
-    state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
-    state.save()
+    with lock:
+        state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
+        state.save()
+        return _run_launch(JobRunner, plan, state, console, spec)
+
+
+def _run_launch(runner_cls: Any, plan: Any, state: Any, console: Any, spec: Any) -> int:
     console.info(f"job {spec.job_id}: {plan.world_size} rank(s), {plan.backend}/{plan.mode}; job dir {spec.job_dir}")
     import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if plan.backend == "cpu" and plan.world_size > cores:
         console.info(f"note: {plan.world_size} CPU ranks on {cores} core(s): they share cores and run slower")
-    return JobRunner(plan, state, console).run()
+    return runner_cls(plan, state, console).run()
+
+
+def _own(job_dir: Any):
+    """Take the job dir's lock (``JobDirBusy`` when another launcher holds it)."""
+    from cluster.contracts.jobdir import JobLock
+    from orchestrator.jobspec import SpecError
+    try:
+        return JobLock(job_dir).acquire()
+    except OSError as exc:
+        raise SpecError(f"{job_dir}: cannot lock the job dir ({exc.strerror or exc})") from None
+
+
+def _end_leftovers(job_dir: Any, data: Dict[str, Any]) -> List[int]:
+    """End the processes of this job that outlived their launcher (found by the environment tag every
+    rank and its children inherit); the pids ended."""
+    from cluster import proc
+    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+    job_id = data.get("job_id") or spec.get("job_id")
+    jd = data.get("job_dir") or spec.get("job_dir") or str(job_dir)
+    if not isinstance(job_id, str) or not isinstance(jd, str):
+        return []
+    return proc.end_processes(proc.tagged_processes({"PSPNET_JOB_ID": job_id, "PSPNET_JOB_DIR": jd}))
 
 
 # ---------------------------------------------------------------- resume
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from cluster.contracts.jobdir import JobDirBusy
     from cluster.devices import ClusterInputError
     from orchestrator.jobspec import JobSpec, SpecError
-    from orchestrator.jobstate import JobState, JobStateError, pid_alive, read_launcher_pid
+    from orchestrator.jobstate import JobState, JobStateError
     from orchestrator.plan import resolve_plan
     from orchestrator.runner import JobRunner
+    lock = None
     try:
         console = _console(args)
-        state = JobState.load(args.job_dir)
-        pid = read_launcher_pid(args.job_dir)
-        if pid_alive(pid):
-            raise SpecError(f"{args.job_dir}: the job is running (launcher pid {pid}); "
-                            f"`pspnet-cluster stop {args.job_dir}` first")
+        JobState.load(args.job_dir)          # a job dir at all, before anything is written into it
+        lock = _own(args.job_dir)
+        state = JobState.load(args.job_dir)  # as the last owner left it
         if state.state == "succeeded":
+            lock.release()
             print(f"{args.job_dir}: the job already succeeded; nothing to resume")
             return 0
         spec = JobSpec.from_dict(dict(state.data["spec"]), f"{args.job_dir}/job.json")
@@ -203,83 +234,90 @@ def cmd_resume(args: argparse.Namespace) -> int:
             spec.max_restarts = args.max_restarts
             state.data["spec"]["max_restarts"] = args.max_restarts
         plan = resolve_plan(spec)
-    except (JobStateError, SpecError, ClusterInputError) as exc:
+    except (JobStateError, SpecError, ClusterInputError, JobDirBusy) as exc:
+        if lock is not None:
+            lock.release()
         return _err("resume", exc)
-    console.info(f"resuming job {spec.job_id} (state was {state.state}, {len(state.attempts)} attempt(s) so far)")
-    return JobRunner(plan, state, console).run(resume_first=True)
+    with lock:
+        left = _end_leftovers(args.job_dir, state.data)
+        if left:
+            console.info(f"ended {len(left)} process(es) of this job left by its previous launcher: "
+                         + ", ".join(map(str, left)))
+        console.info(f"resuming job {spec.job_id} (state was {state.state}, {len(state.attempts)} attempt(s) so far)")
+        return JobRunner(plan, state, console).run(resume_first=True)
 
 
 # ---------------------------------------------------------------- stop
-
-def _job_rank_pids(state: Any) -> List[int]:
-    """Pids of the last attempt that are still alive and really belong to this job."""
-    import psutil
-    last = state.last_attempt or {}
-    pids = []
-    for info in (last.get("ranks") or {}).values():
-        pid = info.get("pid") if isinstance(info, dict) else None
-        if not pid:
-            continue
-        try:
-            env = psutil.Process(pid).environ()
-        except psutil.Error:
-            continue
-        if env.get("PSPNET_JOB_ID") == state.data.get("job_id"):
-            pids.append(pid)
-    return pids
-
-
-def _kill_pids(pids: List[int]) -> None:
-    import os
-    import signal
-    for pid in pids:
-        for fn in (os.killpg, os.kill):
-            try:
-                fn(pid, signal.SIGKILL)
-                break
-            except (ProcessLookupError, PermissionError):
-                continue
-
 
 def cmd_stop(args: argparse.Namespace) -> int:
     import os
     import signal
     import time
     from pathlib import Path
-    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError, pid_alive, read_launcher_pid
+    from cluster.contracts.jobdir import JobDirBusy, JobLock, job_running, read_launcher
+    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError
     from orchestrator.runner import STOP_REQUEST_FILE
     try:
         state = JobState.load(args.job_dir)
     except JobStateError as exc:
         return _err("stop", exc)
-    pid = read_launcher_pid(args.job_dir)
-    grace = float(state.data.get("spec", {}).get("grace", 10.0))
+    spec = state.data.get("spec") if isinstance(state.data.get("spec"), dict) else {}
+    grace = _finite(spec.get("grace"), 10.0)
     timeout = args.timeout if args.timeout is not None else grace + 10.0
-    if pid_alive(pid):
-        Path(args.job_dir, STOP_REQUEST_FILE).write_text(f"{time.time()}\n")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            print(f"launcher {pid} did not stop within {timeout:g} s; killing it (its ranks die with it)")
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
+    if job_running(args.job_dir):
+        who = read_launcher(args.job_dir)
+        deadline = time.monotonic() + 2.0
+        while (who is None or not who.alive()) and job_running(args.job_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)          # a launcher that just took the lock writes its identity next
+            who = read_launcher(args.job_dir)
+        if who is not None and not who.is_here():
+            return _err("stop", f"{args.job_dir}: the job's launcher runs on {who.host} (pid {who.pid}); "
+                                "run `pspnet-cluster stop` there")
+        if who is None or not who.alive():
+            if job_running(args.job_dir):
+                return _err("stop", f"{args.job_dir}: the job dir is locked but its launcher.pid names no live "
+                                    "launcher of this host; nothing was signalled")
         else:
-            print(f"job {state.data.get('job_id')} stopped")
+            Path(args.job_dir, STOP_REQUEST_FILE).write_text(f"{time.time()}\n")
+            os.kill(who.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while job_running(args.job_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if job_running(args.job_dir) and who.alive():
+                print(f"launcher {who.pid} did not stop within {timeout:g} s; killing it (its ranks die with it)")
+                os.kill(who.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+                while job_running(args.job_dir) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            else:
+                print(f"job {state.data.get('job_id')} stopped")
     else:
         print(f"job {state.data.get('job_id')}: no launcher running (state {state.state})")
-    state = JobState.load(args.job_dir)
-    left = _job_rank_pids(state)
-    if left:
-        print(f"killing {len(left)} leftover rank process(es): {', '.join(map(str, left))}")
-        _kill_pids(left)
-    if state.state not in FINAL_STATES:
-        state.data["message"] = "stopped by `pspnet-cluster stop` (launcher gone)"
-        state.data["exit_code"] = 130
-        state.set_state("stopped")
-        state.set_launcher(None)
+    try:
+        with JobLock(args.job_dir).acquire(wait=0.5):   # nobody may start the job while we tidy up
+            state = JobState.load(args.job_dir)
+            left = _end_leftovers(args.job_dir, state.data)
+            if left:
+                print(f"ended {len(left)} leftover process(es) of the job: {', '.join(map(str, left))}")
+            if state.state not in FINAL_STATES:
+                state.data["message"] = "stopped by `pspnet-cluster stop` (launcher gone)"
+                state.data["exit_code"] = 130
+                state.set_state("stopped", save=False)
+                state.set_launcher(None)
+    except JobDirBusy as exc:
+        print(f"note: {exc}; left it alone")
+    except (OSError, JobStateError) as exc:
+        return _err("stop", f"{args.job_dir}: cannot update the job dir ({exc})")
     return 0
+
+
+def _finite(value: Any, default: float) -> float:
+    import math
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) and v >= 0 else default
 
 
 # ---------------------------------------------------------------- status
@@ -317,10 +355,11 @@ def _last_progress(job_dir: str, world_size: int) -> Dict[str, Dict[str, Any]]:
 
 
 def _job_summary(job_dir: str) -> Dict[str, Any]:
-    from orchestrator.jobstate import FINAL_STATES, JobState, pid_alive, read_launcher_pid
+    from cluster.contracts.jobdir import job_running
+    from orchestrator.jobstate import FINAL_STATES, JobState
     state = JobState.load(job_dir)
     data = dict(state.data)
-    alive = pid_alive(read_launcher_pid(job_dir))
+    alive = job_running(job_dir)
     data["launcher_alive"] = alive
     if data.get("state") not in FINAL_STATES and not alive:
         data["state_note"] = "launcher gone (killed?): `pspnet-cluster resume` continues the job"
@@ -407,7 +446,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
     from cluster.contracts.jobdir import JobPaths
-    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError, pid_alive, read_launcher_pid
+    from cluster.contracts.jobdir import job_running
+    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError
     try:
         state = JobState.load(args.job_dir)
     except JobStateError as exc:
@@ -470,7 +510,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     st = JobState.load(args.job_dir)
                 except JobStateError:
                     return 0
-                if st.state in FINAL_STATES or not pid_alive(read_launcher_pid(args.job_dir)):
+                if st.state in FINAL_STATES or not job_running(args.job_dir):
                     ending = True
                     continue
                 time.sleep(0.25)

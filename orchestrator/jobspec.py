@@ -196,11 +196,23 @@ def resolve(cli: Dict[str, Any], spec_file: Optional[str] = None, runs_dir: str 
 
 
 def check_job_dir_writable(job_dir: Path) -> None:
-    """Create the job dir (or find it empty) and prove it is writable; SpecError otherwise."""
-    from cluster.contracts.jobdir import JOB_JSON
+    """Create the job dir (or find it empty) and prove it is writable; SpecError otherwise.
+
+    A directory with other files but no job.json is refused: its stale logs and events would be
+    merged into the new job's.
+    """
+    from cluster.contracts.jobdir import JOB_JSON, OWN_FILES
     if (job_dir / JOB_JSON).exists():
         raise SpecError(f"{job_dir}: already holds a job (job.json); use `pspnet-cluster resume {job_dir}` "
                         "or choose another --job-dir / --job-id")
+    try:
+        others = sorted(p.name for p in job_dir.iterdir() if p.name not in OWN_FILES) if job_dir.is_dir() else []
+    except OSError:
+        others = []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise SpecError(f"{job_dir}: not empty ({shown}) and not a job dir (no {JOB_JSON}); launch needs a new "
+                        "or empty directory: pick another --job-dir")
     try:
         job_dir.mkdir(parents=True, exist_ok=True)
         probe = job_dir / ".write-test"

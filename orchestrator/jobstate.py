@@ -8,7 +8,7 @@ Schema (version 1; readers ignore unknown keys)::
       "job_dir": "/abs/path/runs/20261126-101500-1234",
       "state": "pending" | "running" | "restarting" | "succeeded" | "failed" | "stopped",
       "created": 1764151000.1,  "updated": 1764151042.7,      # unix seconds
-      "launcher": {"pid": 4242, "host": "node1", "started": 1764151000.1},   # the live launcher
+      "launcher": {"pid": 4242, "host": "node1", "start": 1764151000.1},   # the owner (pid + start time + host)
       "spec": {... JobSpec.to_dict(): devices, backend, mode, config, overrides, cmd, hosts,
                max_restarts, hang_timeout, startup_timeout, grace, metrics_port, ...},
       "world_size": 2,
@@ -42,23 +42,22 @@ Schema (version 1; readers ignore unknown keys)::
       ]
     }
 
-``launcher.pid`` next to it holds the launcher's pid (``stop`` signals it).
+``launcher.lock`` next to it is flock-ed by the launcher for its whole life (``job_running``);
+``launcher.pid`` holds the owner's pid, start time and host (``stop`` signals it only when all three
+match a live process).
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from cluster.contracts.jobdir import JOB_JSON, atomic_write_json
+from cluster.contracts.jobdir import JOB_JSON, LauncherId, atomic_write_json, write_launcher
 
 SCHEMA = 1
 STATES = ("pending", "running", "restarting", "succeeded", "failed", "stopped")
 FINAL_STATES = ("succeeded", "failed", "stopped")
-PID_FILE = "launcher.pid"
 
 
 class JobStateError(ValueError):
@@ -119,17 +118,10 @@ class JobState:
         if save:
             self.save()
 
-    def set_launcher(self, pid: Optional[int]) -> None:
-        self.data["launcher"] = None if pid is None else {
-            "pid": pid, "host": socket.gethostname(), "started": time.time()}
-        pid_path = self.job_dir / PID_FILE
-        if pid is None:
-            try:
-                pid_path.unlink()
-            except OSError:
-                pass
-        else:
-            pid_path.write_text(f"{pid}\n")
+    def set_launcher(self, who: Optional[LauncherId]) -> None:
+        """Record the owner (this process: ``LauncherId.current()``), or None when it ends."""
+        self.data["launcher"] = None if who is None else who.to_dict()
+        write_launcher(self.job_dir, who)
         self.save()
 
     def begin_attempt(self, record: Dict[str, Any]) -> Dict[str, Any]:
@@ -153,26 +145,3 @@ class JobState:
     def save(self) -> None:
         self.data["updated"] = time.time()
         atomic_write_json(self.job_dir / JOB_JSON, self.data)
-
-
-def read_launcher_pid(job_dir: Any) -> Optional[int]:
-    try:
-        return int((Path(job_dir) / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        import psutil
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:  # noqa: BLE001
-        return True

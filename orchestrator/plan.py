@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from cluster.proc import free_port, port_is_free
 from orchestrator.jobspec import JobSpec, SpecError
 from orchestrator.workers import ROLE_SCHEDULER, ROLE_WORKER, WorkerSpec
 
@@ -61,27 +62,6 @@ class JobPlan:
     def ranks(self) -> List[int]:
         return [p.rank for p in self.placements]
 
-
-# ---------------------------------------------------------------- ports
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it; a fresh one per attempt)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-# ---------------------------------------------------------------- checks
 
 def validate_trainer_config(spec: JobSpec) -> Dict[str, Any]:
     """Resolve the trainer config in a child process (no trainer import here); PlanError when bad."""
@@ -181,10 +161,10 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
         bp = make_binding_plan(per_host)
         plan.binding = {int(k): list(v) for k, v in bp.cores_by_rank.items()}
         plan.binding_notes = list(bp.notes)
-    if spec.sched_port is not None and not port_free(spec.sched_host, spec.sched_port):
+    if spec.sched_port is not None and not port_is_free(spec.sched_port, spec.sched_host):
         raise PlanError(f"--sched-port {spec.sched_port}: port is busy on {spec.sched_host}; pick another "
                         "or leave it out (a free port is chosen)")
-    if spec.metrics_port is not None and not port_free(spec.metrics_host, spec.metrics_port):
+    if spec.metrics_port is not None and not port_is_free(spec.metrics_port, spec.metrics_host):
         raise PlanError(f"--metrics-port {spec.metrics_port}: port is busy on {spec.metrics_host}; pick another")
     if spec.uses_trainer and check_config:
         resolved = validate_trainer_config(spec)

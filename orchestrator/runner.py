@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from cluster.contracts.jobdir import JobPaths
+from cluster.contracts.jobdir import JobPaths, LauncherId
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState
-from orchestrator.plan import JobPlan, attempt_workers, free_port
+from orchestrator.plan import JobPlan, attempt_workers
 from orchestrator.restart_policy import ResumePoint, RestartPolicy
-from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor, signal_name, stop_group
+from cluster import proc
+from cluster.proc import free_port, signal_name
+from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor, stop_group
 from orchestrator.workers import (ROLE_SCHEDULER, LaunchError, LocalLauncher, WorkerHandle, WorkerLauncher,
                                   WorkerSpec, start_all)
 
@@ -46,6 +48,8 @@ class JobRunner:
         self.paths = JobPaths(self.spec.job_dir).make()
         self.live: Dict[str, WorkerHandle] = {}
         self.results: List[AttemptResult] = []
+        #: what every process of this job carries in its environment (see cluster.proc.tagged_processes)
+        self.tag = {"PSPNET_JOB_ID": self.spec.job_id, "PSPNET_JOB_DIR": self.spec.job_dir}
 
     # ------------------------------------------------------------ signals
     def _install_signals(self) -> Callable[[], None]:
@@ -121,7 +125,7 @@ class JobRunner:
                         "name": "launcher", "rank": None, "reason": "launcher", "exit_code": None, "signal": None,
                         "at": None, "message": "the launcher died while this attempt ran (killed?); its ranks "
                                                "died with it", "last_lines": []}
-            self.state.set_launcher(os.getpid())
+            self.state.set_launcher(LauncherId.current())
             if self.plan.rank_table is not None:
                 from cluster.ranktable import write_rank_table
                 write_rank_table(self.paths.rank_table, self.plan.rank_table)
@@ -211,6 +215,7 @@ class JobRunner:
                          startup_timeout=self.spec.startup_timeout, grace=self.spec.grace,
                          failure_grace=self.spec.failure_grace, stop=self.stop)
         result = sup.run()
+        self._end_leftovers()
         for h in self.live.values():
             h.join_output(2.0)
             close = getattr(h, "close", None)
@@ -221,6 +226,15 @@ class JobRunner:
         self._record(record, result)
         self._report(attempt, result)
         return result
+
+    def _end_leftovers(self) -> None:
+        """Nothing a rank started may outlive its attempt, success included: every rank's process group
+        is killed, then whatever left its group (a new session, a double fork) is found by the job's
+        environment tag."""
+        for h in self.live.values():
+            h.kill()
+        if any(h.spec.is_local for h in self.live.values()):
+            proc.end_processes(proc.tagged_processes(self.tag))
 
     def _record(self, record: Dict[str, Any], result: AttemptResult) -> None:
         record["end"] = time.time()

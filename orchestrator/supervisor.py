@@ -17,12 +17,12 @@ death wakes it at once; without pidfds it polls every ``poll_interval`` seconds.
 from __future__ import annotations
 
 import selectors
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
+from cluster.proc import describe_exit, signal_name
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.workers import ROLE_SCHEDULER, WorkerHandle
 
@@ -36,23 +36,6 @@ class StopRequest(threading.Event):
         if not self.is_set():
             self.reason = reason
         self.set()
-
-
-def signal_name(code: Optional[int]) -> Optional[str]:
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def describe_exit(code: Optional[int]) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        return f"killed by {signal_name(code)}"
-    return f"exited with code {code}"
 
 
 @dataclass

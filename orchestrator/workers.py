@@ -12,9 +12,9 @@ log lines (orchestrator/capture.py).  ``sink.close()`` is called once the stream
 Exit codes follow ``subprocess``: ``0`` ok, ``N > 0`` exit status, ``-S`` killed by signal ``S``.
 
 LocalLauncher starts each worker
-- in its own session / process group (``terminate``/``kill`` signal the whole group, so a trainer's
+- through ``cluster.proc.spawn``: in its own session / process group (``terminate``/``kill`` signal the whole group, so a trainer's
   own helper processes go too),
-- with ``PR_SET_PDEATHSIG = SIGKILL`` (Linux, via ctypes in the child before exec): if the launcher is
+- with ``PR_SET_PDEATHSIG = SIGKILL`` (cluster/proc.py, in the child before exec): if the launcher is
   killed, even with SIGKILL, the kernel kills the worker; no rank outlives its launcher,
 - with the CPU affinity of its spec (``os.sched_setaffinity`` in the child),
 - and exposes a pidfd (``wait_fd``) so the supervisor can sleep in ``select`` and still see a death
@@ -22,7 +22,6 @@ LocalLauncher starts each worker
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,7 +29,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+from cluster import proc as proc_ctl
 
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", None)
 
@@ -118,51 +119,6 @@ class LaunchError(RuntimeError):
 
 # ---------------------------------------------------------------- local processes
 
-PR_SET_PDEATHSIG = 1
-_libc = None
-
-
-def _load_libc() -> None:
-    global _libc
-    if _libc is None and sys.platform.startswith("linux"):
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            _libc = False
-
-
-def _prctl_pdeathsig(sig: int) -> bool:
-    try:
-        return bool(_libc) and _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _child_setup(parent_pid: int, affinity: Optional[Tuple[int, ...]]) -> Callable[[], None]:
-    """Runs in the child between fork and exec: die with the launcher, pin the cores."""
-    def setup() -> None:
-        if sys.platform.startswith("linux"):
-            _prctl_pdeathsig(signal.SIGKILL)
-            if os.getppid() != parent_pid:   # the launcher died before prctl took effect
-                os._exit(137)
-        if affinity:
-            try:
-                os.sched_setaffinity(0, affinity)
-            except (OSError, AttributeError):
-                pass
-    return setup
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)    # the worker leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 class LocalWorker:
     """A worker running as a child process of this launcher."""
 
@@ -180,16 +136,17 @@ class LocalWorker:
         self._reader = threading.Thread(target=self._pump, name=f"out-{spec.name}", daemon=True)
         self._reader.start()
 
+    def _deliver(self, text: str) -> None:
+        try:
+            self._sink.line(text)
+        except Exception as exc:  # noqa: BLE001 - a sink error must not stall the worker's pipe
+            print(f"pspnet-cluster: output sink of {self.spec.name} failed: {exc}", file=sys.stderr)
+
     def _pump(self) -> None:
         stream = self.proc.stdout
         try:
-            assert stream is not None
-            for raw in iter(stream.readline, b""):
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                try:
-                    self._sink.line(text)
-                except Exception as exc:  # noqa: BLE001 - a sink error must not stall the worker's pipe
-                    print(f"pspnet-cluster: output sink of {self.spec.name} failed: {exc}", file=sys.stderr)
+            if stream is not None:
+                proc_ctl.pump_lines(stream.fileno(), self._deliver)
         except (OSError, ValueError):
             pass
         finally:
@@ -208,11 +165,11 @@ class LocalWorker:
 
     def terminate(self) -> None:
         if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            proc_ctl.signal_group(self.proc.pid, signal.SIGTERM)
 
     def kill(self) -> None:
         # also after the leader exited: its helpers may still hold the group
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        proc_ctl.signal_group(self.proc.pid, signal.SIGKILL)
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         try:
@@ -251,13 +208,8 @@ class LocalLauncher:
         env = dict(self.base_env)
         env.update({k: str(v) for k, v in spec.env.items()})
         env.setdefault("PYTHONUNBUFFERED", "1")
-        _load_libc()   # before fork: the child only calls into it
         try:
-            proc = subprocess.Popen(
-                list(spec.argv), env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, close_fds=True,
-                start_new_session=True,
-                preexec_fn=_child_setup(os.getpid(), spec.cpu_affinity))
+            proc = proc_ctl.spawn(spec.argv, env=env, cwd=spec.cwd, affinity=spec.cpu_affinity)
         except FileNotFoundError:
             raise LaunchError(f"{spec.name}: command not found: {spec.argv[0]!r}") from None
         except PermissionError as exc:

@@ -209,3 +209,152 @@ def newest_common_checkpoint(job_dir: PathLike, ranks: Iterable[int],
             continue
         return chosen
     return None
+
+
+# ---------------------------------------------------------------- one owner per job dir
+
+LOCK_FILE = "launcher.lock"
+PID_FILE = "launcher.pid"
+#: files the launcher itself puts into a job dir before job.json exists
+OWN_FILES = (LOCK_FILE, PID_FILE, ".write-test")
+
+
+class JobDirBusy(RuntimeError):
+    """Another launcher owns the job dir; ``owner`` is what its launcher.pid says (or None)."""
+
+    def __init__(self, job_dir: PathLike, owner: Optional["LauncherId"]) -> None:
+        self.job_dir = Path(job_dir)
+        self.owner = owner
+        who = f"launcher pid {owner.pid} on {owner.host}" if owner else "another launcher"
+        super().__init__(f"{job_dir}: the job is running ({who} holds {LOCK_FILE}); "
+                         f"`pspnet-cluster stop {job_dir}` first, or wait for it to end")
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), or None when there is no such process."""
+    try:
+        import psutil
+        return float(psutil.Process(int(pid)).create_time())
+    except Exception:  # noqa: BLE001 - no such process, no permission, no psutil: nothing to trust
+        return None
+
+
+@dataclass(frozen=True)
+class LauncherId:
+    """Who owns a job dir: a pid means nothing without its start time and host (pids are reused)."""
+    pid: int
+    start: float
+    host: str
+
+    @classmethod
+    def current(cls) -> "LauncherId":
+        import socket
+        pid = os.getpid()
+        return cls(pid, process_start_time(pid) or 0.0, socket.gethostname())
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"pid": self.pid, "start": self.start, "host": self.host}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Optional["LauncherId"]:
+        try:
+            return cls(int(d["pid"]), float(d["start"]), str(d["host"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def is_here(self) -> bool:
+        import socket
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool:
+        """The very process that wrote this record still runs (same host, pid and start time)."""
+        if not self.is_here() or self.pid <= 1:
+            return False
+        started = process_start_time(self.pid)
+        return started is not None and abs(started - self.start) < 0.05
+
+
+def write_launcher(job_dir: PathLike, who: Optional[LauncherId]) -> None:
+    """Record (or with None remove) the owner's identity in ``launcher.pid``."""
+    path = Path(job_dir) / PID_FILE
+    if who is None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    else:
+        atomic_write_json(path, who.to_dict())
+
+
+def read_launcher(job_dir: PathLike) -> Optional[LauncherId]:
+    try:
+        return LauncherId.from_dict(json.loads((Path(job_dir) / PID_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+class JobLock:
+    """An exclusive ``flock`` on ``launcher.lock`` held for the life of launch/resume.
+
+    The kernel drops it when the owner exits however it exits (SIGKILL included), so the lock, not
+    a pid file, answers "is this job running".  Readers (``job_running``) take a shared lock for an
+    instant; ``acquire`` retries for ``wait`` seconds so such a reader is never mistaken for an owner.
+    """
+
+    def __init__(self, job_dir: PathLike) -> None:
+        self.job_dir = Path(job_dir)
+        self.path = self.job_dir / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self, wait: float = 1.0) -> "JobLock":
+        import fcntl
+        import time
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise JobDirBusy(self.job_dir, read_launcher(self.job_dir)) from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)    # closing drops the flock
+            except OSError:
+                pass
+            self._fd = None
+
+    def __enter__(self) -> "JobLock":
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def job_running(job_dir: PathLike) -> bool:
+    """Whether a launcher holds the job dir's lock right now."""
+    import fcntl
+    try:
+        fd = os.open(Path(job_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

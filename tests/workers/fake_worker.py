@@ -43,6 +43,12 @@ def main() -> int:
     p.add_argument("--pid-file-dir", default="", help="write <dir>/<role>_<rank>.pid")
     p.add_argument("--sched-stay", action="store_true", help="as scheduler: run until SIGTERM")
     p.add_argument("--print-env", action="store_true")
+    p.add_argument("--spawn-child", choices=("group", "session"), default="",
+                   help="start a `sleep` child (in the rank's process group, or in a session of its own) "
+                        "that outlives the rank unless someone ends it; its pid goes to "
+                        "<pid-file-dir>/child_<rank>.pid")
+    p.add_argument("--flood", type=int, default=0, help="print this many plain lines per step")
+    p.add_argument("--big-line", type=int, default=0, help="print one line of this many bytes before crashing")
     args, _unknown = p.parse_known_args()
 
     env = os.environ
@@ -65,6 +71,14 @@ def main() -> int:
     if args.print_env:
         keys = sorted(k for k in env if k.startswith(("RANK_", "DEVICE_", "PSPNET_", "MS_")))
         print("ENV " + json.dumps({k: env[k] for k in keys}), flush=True)
+
+    if args.spawn_child and args.pid_file_dir and role != "MS_SCHED":
+        import subprocess
+        child = subprocess.Popen(["sleep", "300"], start_new_session=args.spawn_child == "session",
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tmp = Path(args.pid_file_dir, f".child_{rank}.tmp")
+        tmp.write_text(str(child.pid))
+        os.replace(tmp, Path(args.pid_file_dir, f"child_{rank}.pid"))
 
     ev = EventWriter.from_env()
     ev.emit("start", pid=os.getpid(), mode="dynamic" if "MS_ROLE" in env else "ranktable", backend="cpu",
@@ -95,6 +109,8 @@ def main() -> int:
         epoch = (global_step - 1) // args.steps + 1
         step = (global_step - 1) % args.steps + 1
         if misbehave and args.crash_at == global_step:
+            if args.big_line:
+                sys.stdout.write("z" * args.big_line + "\n")
             print(f"rank {rank}: crashing at step {global_step} as told", file=sys.stderr, flush=True)
             return args.exit_code
         if misbehave and args.kill_self_at == global_step:
@@ -105,6 +121,8 @@ def main() -> int:
             while True:
                 time.sleep(0.05)
         time.sleep(args.step_time)
+        for i in range(args.flood):
+            print(f"rank {rank} chatter {global_step}.{i} " + "." * 60)
         ev.emit("step", epoch=epoch, step=step, global_step=global_step, steps_per_epoch=args.steps,
                 loss=1.0 / (1 + global_step), step_time_s=args.step_time, images_per_s=2 / max(args.step_time, 1e-6),
                 lr=0.01)
