@@ -16,6 +16,7 @@ from typing import List, Optional
 #: Modules that add sub-commands: each has ``add_commands(subparsers)``; parsers set ``func``.
 COMMAND_MODULES = (
     "orchestrator.commands",   # launch, resume, stop, status, logs
+    "orchestrator.submit",     # submit (a Slurm batch job)
     "cluster.cli",             # ranktable, devices
     "monitoring.cli",          # summary, top, metrics, report
 )
@@ -35,6 +36,7 @@ examples:
   pspnet-cluster launch --devices 2                       # embedded default: generated data, smoke config, CPU
   pspnet-cluster launch --devices 8 --config voc2012 -- data_root=/data/VOC2012 epochs=50
   pspnet-cluster launch --devices 0-3 --dry-run           # print the plan, start nothing
+  pspnet-cluster submit --nodes 2 --devices 8 --time 4:00:00   # a Slurm batch job (sbatch)
   pspnet-cluster status                                   # jobs under ./runs
   pspnet-cluster top runs/<job>                           # live per-device dashboard
   pspnet-cluster summary runs/<job>                       # per-device table after the fact

@@ -445,10 +445,11 @@ class SlurmBackend(Backend):
         alloc = self.allocation()
         path = Path(self.spec.job_dir) / SLURM_JSON
         data = read_slurm_json(self.spec.job_dir)
+        # the Slurm job is ours to cancel (`stop`) when it runs the job.sbatch `submit` wrote (its job
+        # name says so); inside someone's salloc, `stop` ends our launcher and leaves the allocation
+        ours = os.environ.get("SLURM_JOB_NAME") == f"pspnet-{self.spec.job_id}"
         if data.get("job_id") != alloc.job_id:
-            # `submit` records its job as submitted; a job launched inside another allocation is not ours
-            # to cancel
-            data = {"job_id": alloc.job_id, "submitted": bool(data.get("submitted") and not data.get("job_id"))}
+            data = {"job_id": alloc.job_id, "batch": ours}
         data.update({"nodes": alloc.nodes, "partition": alloc.partition})
         atomic_write_json(path, data)
 
@@ -535,7 +536,7 @@ class SlurmBackend(Backend):
         state = slurm_job_state(jid)
         if state not in ("PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "REQUEUED", "RESIZING"):
             return []
-        if data.get("submitted"):
+        if data.get("batch"):
             res = subprocess.run([scancel, str(jid)], capture_output=True, text=True, timeout=30)
             if res.returncode != 0:
                 return [f"scancel {jid} failed: {res.stderr.strip()}"]
