@@ -29,7 +29,6 @@ task adds a Python start-up (~30 ms) and no more to each rank's start.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -38,8 +37,9 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
+from cluster.proc import child_setup, pump_lines
+
 CONTROL = "@@pspnet-slurm "
-PR_SET_PDEATHSIG = 1
 
 _write_lock = threading.Lock()
 
@@ -53,28 +53,20 @@ def emit(text: str) -> None:
             data = data[n:]
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _start(entry: Dict[str, Any], piped: bool) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in entry.get("env", {}).items()})
     env["PYTHONUNBUFFERED"] = "1"
+    # no new session: Slurm finds and signals a step's processes by process group (or cgroup)
     return subprocess.Popen(list(entry["argv"]), env=env, cwd=entry.get("cwd") or None,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if piped else None,
-                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, close_fds=True)
+                            stderr=subprocess.STDOUT, bufsize=0, preexec_fn=child_setup(), close_fds=True)
 
 
 def _pump(proc: subprocess.Popen, prefix: str) -> threading.Thread:
-    def run() -> None:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            emit(prefix + raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-    t = threading.Thread(target=run, daemon=True)
+    assert proc.stdout is not None
+    t = threading.Thread(target=pump_lines, args=(proc.stdout.fileno(), lambda line: emit(prefix + line)),
+                         daemon=True)
     t.start()
     return t
 

@@ -58,14 +58,6 @@ def _plan_error(msg: str):
     return PlanError(msg)
 
 
-def _die_with_launcher() -> None:
-    import ctypes
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def slurm_tool(name: str) -> str:
     """Path of a Slurm client program; PlanError when it is not installed here."""
     path = shutil.which(name)
@@ -178,9 +170,11 @@ class SlurmStep:
             else:
                 self.by_task[len(self.by_task)] = h
         self.started = threading.Event()     # every task reported its rank's pid, or srun ended
+        from cluster.proc import child_setup
+        # srun dies with the launcher (PDEATHSIG), and Slurm ends a step whose srun is gone
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True,
-                                     preexec_fn=_die_with_launcher)
+                                     stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
+                                     preexec_fn=child_setup())
         self._out = threading.Thread(target=self._read_out, name="srun-out", daemon=True)
         self._err = threading.Thread(target=self._read_err, name="srun-err", daemon=True)
         self._out.start()
@@ -220,25 +214,27 @@ class SlurmStep:
         elif kind == "exit" and h is not None:
             h.set_exit(int(rest))
 
-    def _read_out(self) -> None:
+    def _line(self, text: str) -> None:
         from cluster.slurm_task import CONTROL
+        m = _LABEL.match(text)
+        if not m:
+            self._deliver(self.by_task.get(0), text)
+            return
+        task, body = int(m.group(1)), m.group(2)
+        h = self.by_task.get(task)
+        if body.startswith(CONTROL):
+            try:
+                self._control(task, h, body[len(CONTROL):])
+            except (ValueError, IndexError):
+                self._deliver(h, body)
+        else:
+            self._deliver(h, body)
+
+    def _read_out(self) -> None:
+        from cluster.proc import pump_lines
         assert self.proc.stdout is not None
         try:
-            for raw in iter(self.proc.stdout.readline, b""):
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                m = _LABEL.match(text)
-                if not m:
-                    self._deliver(self.by_task.get(0), text)
-                    continue
-                task, body = int(m.group(1)), m.group(2)
-                h = self.by_task.get(task)
-                if body.startswith(CONTROL):
-                    try:
-                        self._control(task, h, body[len(CONTROL):])
-                    except (ValueError, IndexError):
-                        self._deliver(h, body)
-                else:
-                    self._deliver(h, body)
+            pump_lines(self.proc.stdout.fileno(), self._line)
         finally:
             self.proc.wait()
             self._err.join(5.0)
@@ -255,17 +251,24 @@ class SlurmStep:
                         pass
 
     def _read_err(self) -> None:
+        """srun's own messages: kept for errors, and in logs/srun.log."""
+        from cluster.proc import pump_lines
         assert self.proc.stderr is not None
         try:
-            with open(self.srun_log, "ab") as log:
-                for raw in iter(self.proc.stderr.readline, b""):
-                    log.write(raw)
-                    log.flush()
-                    self.stderr.append(raw.decode("utf-8", errors="replace").rstrip())
-                    del self.stderr[:-50]
+            log = open(self.srun_log, "a", encoding="utf-8", buffering=1)
         except OSError:
-            for raw in iter(self.proc.stderr.readline, b""):
-                self.stderr.append(raw.decode("utf-8", errors="replace").rstrip())
+            log = None
+
+        def line(text: str) -> None:
+            self.stderr.append(text)
+            del self.stderr[:-50]
+            if log is not None:
+                log.write(text + "\n")
+        try:
+            pump_lines(self.proc.stderr.fileno(), line)
+        finally:
+            if log is not None:
+                log.close()
 
     def join_output(self, timeout: Optional[float] = None) -> None:
         self._out.join(timeout)
@@ -388,8 +391,9 @@ class SlurmBackend(Backend):
         if s.npu_smi:
             argv += ["--npu-smi", s.npu_smi]
         try:
+            from cluster.proc import child_setup
             res = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                                 cwd=s.cwd or None, preexec_fn=_die_with_launcher)
+                                 cwd=s.cwd or None, preexec_fn=child_setup())
         except subprocess.TimeoutExpired:
             raise _plan_error(f"preflight: `srun` did not run the probe within {PROBE_TIMEOUT:g} s "
                               "(are the allocation's nodes busy with another step?)") from None
@@ -502,7 +506,7 @@ class SlurmBackend(Backend):
             old.close()
         try:
             step = SlurmStep(argv, [*sched, *ranks], dict(sinks), self.allocation().job_id,
-                             Path(self.spec.job_dir) / "logs" / "srun.log")
+                             Path(self.spec.job_dir) / SLURM_DIR / "srun.log")
         except OSError as exc:
             raise LaunchError(f"cannot run srun: {exc}") from None
         self._steps = [step]
