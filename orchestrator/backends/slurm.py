@@ -251,7 +251,7 @@ class SlurmStep:
                         pass
 
     def _read_err(self) -> None:
-        """srun's own messages: kept for errors, and in logs/srun.log."""
+        """srun's own messages: kept for errors, and in slurm/srun.log."""
         from cluster.proc import pump_lines
         assert self.proc.stderr is not None
         try:
