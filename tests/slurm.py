@@ -10,6 +10,10 @@ claim all of this machine's CPUs, so each can run as many tasks as the machine h
     with SlurmCluster() as c:
         subprocess.run(["srun", "-N2", "hostname"], env=c.env())
 
+``node1_only`` is a directory that node2 does not see: node2's slurmd runs in its own mount namespace
+with an empty tmpfs mounted over it, as a node that lacks a shared file system would be (a job dir
+there must fail the launcher's preflight).
+
 The session fixture ``slurm_cluster`` starts one cluster for all tests that use it (start: ~2 s).
 Partition ``debug`` (default) holds both nodes with a 2-hour time limit, enforced at submission,
 so a longer ``--time`` is refused by sbatch.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -46,7 +51,7 @@ def _which(name: str) -> Optional[str]:
 
 
 def missing_programs() -> List[str]:
-    return [p for p in ("munged", "slurmctld", "slurmd", "srun", "sbatch", "sinfo", "scontrol")
+    return [p for p in ("munged", "slurmctld", "slurmd", "srun", "sbatch", "sinfo", "scontrol", "unshare")
             if _which(p) is None]
 
 
@@ -62,12 +67,13 @@ class SlurmCluster:
         self.cpus = cpus or len(os.sched_getaffinity(0))
         self.conf = self.dir / "slurm.conf"
         self.munge_socket = self.dir / "munge" / "sock"
+        self.node1_only = self.dir / "node1-only"
         self.procs: Dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------ config
     def _write_config(self) -> None:
         d = self.dir
-        for sub in ("munge", "state", "log", *(f"spool/{n}" for n in NODES)):
+        for sub in ("munge", "state", "log", "node1-only", *(f"spool/{n}" for n in NODES)):
             (d / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)                  # munged wants its socket dir searchable by everyone
         key = d / "munge" / "key"
@@ -154,7 +160,13 @@ class SlurmCluster:
         # -i: ignore a state dir left by a crash; -D: foreground, so the pid is ours to stop
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         for n in NODES:
-            self._spawn(f"slurmd-{n}", [_which("slurmd"), "-D", "-N", n, "-f", str(self.conf)])
+            argv = [_which("slurmd"), "-D", "-N", n, "-f", str(self.conf)]
+            if n == "node2":
+                # its own mount namespace, an empty tmpfs over node1_only; then exec slurmd (same pid)
+                argv = [_which("unshare"), "--mount", "--propagation", "private", "sh", "-c",
+                        f'mount -t tmpfs pslurm-hidden {shlex.quote(str(self.node1_only))} && exec "$@"', "sh",
+                        *argv]
+            self._spawn(f"slurmd-{n}", argv)
         while True:
             self._check_alive()
             out = subprocess.run([_which("sinfo"), "-h", "-N", "-o", "%N %t"], env=self.env(),

@@ -71,3 +71,12 @@ def test_more_ranks_per_node_than_the_job_holds_is_refused(slurm_cluster, tmp_pa
     assert out is None
     assert "--devices 3: 3 rank(s) per node, but this Slurm job holds 1 CPU(s) on node1" in res.stderr
     assert not (job / "slurm").exists()              # no attempt: nothing started
+
+
+def test_a_node_that_does_not_see_the_job_dir_fails_preflight(slurm_cluster, tmp_path):
+    job = slurm_cluster.node1_only / f"job-{tmp_path.name}"
+    out, res = _drive(slurm_cluster, job)
+    assert out is None
+    assert f"node2: does not see the job dir {job}" in res.stderr
+    assert "node1:" not in res.stderr.split("preflight")[-1]          # node1 sees it: only node2 is named
+    assert not (job / "slurm").exists()
