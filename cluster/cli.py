@@ -42,7 +42,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--format", dest="table_format", choices=("1.0", "1.2"), default="1.0",
                    help="rank table format (1.2: Atlas A3 SuperPoD)")
     p.add_argument("--rules", choices=("auto", "910", "a3", "none"), default="auto",
-                   help="card rules to check (auto: 910 for 1.0, a3 for 1.2)")
+                   help="card rules to check (auto: a3 when npu-smi shows two chips per NPU, else 910 for 1.0 "
+                        "and a3 for 1.2)")
     p.add_argument("--host-ip", metavar="IP", help="format 1.2: the server's host_ip")
     p.add_argument("--super-pod-id", metavar="ID", default=None, help="format 1.2: super_pod_id (default 0)")
     p.add_argument("--super-device-ids", metavar="LIST",
@@ -73,51 +74,14 @@ def _fail(cmd: str, exc: Exception) -> int:
     return 2
 
 
-def _mapping(value: Any, source: str) -> Optional[Dict[int, str]]:
-    """'0=a,1=b' / 'a,b' / {0: a} -> {0: 'a', ...} (values unchecked)."""
-    from cluster.devices import ClusterInputError, parse_device_mapping
-
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            try:
-                out[int(k)] = str(v)
-            except (TypeError, ValueError):
-                raise ClusterInputError(f"{k!r} is not a device id", source) from None
-        return out
-    if isinstance(value, (list, tuple)):
-        return {i: str(v) for i, v in enumerate(value)}
-    return parse_device_mapping(value, source)
-
-
 def _sdids(value: Any, source: str) -> Optional[Dict[int, int]]:
-    from cluster.devices import ClusterInputError
-
-    m = _mapping(value, source)
-    if m is None:
-        return None
-    out = {}
-    for k, v in m.items():
-        if not (v.isdigit() and v.isascii()):
-            raise ClusterInputError(f"device {k}: super_device_id {v!r} is not a non-negative integer", source)
-        out[k] = int(v)
-    return out
+    from cluster.devices import parse_super_device_ids
+    return parse_super_device_ids(value, source)
 
 
 def _ips(value: Any, source: str) -> Optional[Dict[int, str]]:
-    from cluster.devices import ClusterInputError
-    from cluster.hccn import check_ipv4
-
-    m = _mapping(value, source)
-    if m is None:
-        return None
-    for k, ip in m.items():
-        err = check_ipv4(ip)
-        if err:
-            raise ClusterInputError(f"device {k}: {err}", source)
-    return m
+    from cluster.devices import parse_device_ips
+    return parse_device_ips(value, source)
 
 
 def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]:
@@ -201,8 +165,6 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
 
 
 def _ranktable(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from cluster.devices import ClusterInputError, discover_local
     from cluster.ranktable import build_rank_table, load_rank_table, rank_table_json, write_rank_table
 
@@ -221,19 +183,10 @@ def _ranktable(args: argparse.Namespace) -> int:
                                     "--ips/--server-id/--host-ip/--super-pod-id/--super-device-ids", "ranktable")
         servers = servers_from_hosts_file(args.hosts, args.devices)
     else:
-        ips = _ips(args.ips, "--ips")
-        server = discover_local("ascend", devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
-                                ips=ips, use_hccn_tool=not args.no_hccn_tool, server_id=args.server_id)
-        sdids = _sdids(args.super_device_ids, "--super-device-ids") or {}
-        if sdids:
-            unknown = sorted(set(sdids) - set(server.device_ids))
-            if unknown:
-                raise ClusterInputError(f"device {unknown[0]} is not among the chosen devices "
-                                        f"{server.device_ids}", "--super-device-ids")
-        server = replace(server, host_ip=args.host_ip, super_pod_id=args.super_pod_id,
-                         devices=tuple(replace(d, super_device_id=sdids.get(d.device_id, d.super_device_id))
-                                       for d in server.devices))
-        servers = [server]
+        servers = [discover_local("ascend", devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
+                                  ips=_ips(args.ips, "--ips"), use_hccn_tool=not args.no_hccn_tool,
+                                  server_id=args.server_id, host_ip=args.host_ip, super_pod_id=args.super_pod_id,
+                                  super_device_ids=_sdids(args.super_device_ids, "--super-device-ids"))]
     table = build_rank_table(servers, args.table_format, args.rules)
     if args.output == "-":
         sys.stdout.write(rank_table_json(table))
@@ -246,6 +199,13 @@ def _ranktable(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: rank table {args.table_format}, {len(servers)} server(s), {n} rank(s)",
               file=sys.stderr)
     return 0
+
+
+def _used_total(used: Any, total: Any) -> str:
+    """``used/total`` MiB, or ``-`` where the chip has none of that memory (a total of 0 or not shown)."""
+    if not total:
+        return "-"
+    return f"{used or 0:.0f}/{total:.0f}"
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -287,16 +247,17 @@ def _devices(args: argparse.Namespace) -> int:
     by_id = {c.device_id: c for c in chips or []}
     if backend == "ascend":
         print(f"{'device':>6} {'npu':>4} {'chip':>4} {'ip':<16} {'health':<8} {'power W':>8} {'temp C':>6} "
-              f"{'aicore%':>7} {'hbm MiB':>13} {'procs':>5}")
+              f"{'aicore%':>7} {'hbm MiB':>13} {'ddr MiB':>13} {'procs':>5}")
         for d in server.devices:
             c = by_id.get(d.device_id)
             def f(v: Any, fmt: str = "{:.1f}") -> str:
                 return "-" if v is None else fmt.format(v)
-            hbm = "-" if c is None or c.hbm_total_mb is None else f"{c.hbm_used_mb:.0f}/{c.hbm_total_mb:.0f}"
+            hbm = _used_total(c.hbm_used_mb, c.hbm_total_mb) if c else "-"
+            ddr = _used_total(c.memory_used_mb, c.memory_total_mb) if c else "-"   # 310/310P: DDR, no HBM
             print(f"{d.device_id:>6} {f(d.npu_id, '{}'):>4} {f(d.chip_id, '{}'):>4} {d.ip or '-':<16} "
                   f"{(c.health if c else '-'):<8} {f(c.power_w if c else None):>8} "
                   f"{f(c.temp_c if c else None, '{:.0f}'):>6} {f(c.aicore_pct if c else None, '{:.0f}'):>7} "
-                  f"{hbm:>13} {len(c.processes) if c else '-':>5}")
+                  f"{hbm:>13} {ddr:>13} {len(c.processes) if c else '-':>5}")
     else:
         from cluster.devices import format_device_list
         print(f"logical slots: {format_device_list(server.device_ids)}")

@@ -15,9 +15,10 @@ super_device_id=None, name=None, bus_id=None)``
     id: what ``DEVICE_ID`` and the rank table's ``device_id`` hold.  ``ip`` is the device NIC IP
     (rank table ``device_ip``).
 
-``Server(server_id, devices, host=None, host_ip=None, super_pod_id=None)``
+``Server(server_id, devices, host=None, host_ip=None, super_pod_id=None, card_rules=None)``
     One machine: ``server_id`` is what the rank table calls it (normally the host's IP),
-    ``host`` how SSH reaches it.
+    ``host`` how SSH reaches it, ``card_rules`` the rank-table card rules its hardware implies
+    (``"a3"`` when npu-smi shows two chips per NPU, or hccn.conf alone lists devices beyond 0-7).
 
 ``parse_visible_devices(spec, available=None, source="--devices") -> list[int]``
     ``"0-3,6"`` -> ``[0, 1, 2, 3, 6]``; a bare number ``"8"`` is a *count*: the first 8 available
@@ -101,6 +102,7 @@ class Server:
     host: Optional[str] = None
     host_ip: Optional[str] = None
     super_pod_id: Optional[str] = None
+    card_rules: Optional[str] = None     # what the hardware implies ("a3": two chips per NPU), None: unknown
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -261,13 +263,18 @@ def ascend_server(server_id: str, *, hccn_conf_text: Optional[str] = None,
     from cluster import hccn, npu_smi
 
     base: Dict[int, Device] = {}
+    card_rules: Optional[str] = None
     if npu_smi_text is not None:
-        for chip in npu_smi.parse_npu_smi_info(npu_smi_text, source=npu_smi_source):
+        chips = npu_smi.parse_npu_smi_info(npu_smi_text, source=npu_smi_source)
+        for chip in chips:
             dev = chip.to_device()
             base[dev.device_id] = dev
+        card_rules = npu_smi.card_rules(chips)
     conf_ips: Dict[int, str] = {}
     if hccn_conf_text is not None:
         conf_ips = hccn.device_ips(hccn.parse_hccn_conf(hccn_conf_text, source=hccn_source))
+        if npu_smi_text is None and any(i > 7 for i in conf_ips):
+            card_rules = "a3"        # NIC addresses beyond 0-7: more devices than a 910-class server has
     if not base:
         for i in sorted(set(conf_ips) | set(ips or {})):
             base[i] = Device(device_id=i)
@@ -284,7 +291,7 @@ def ascend_server(server_id: str, *, hccn_conf_text: Optional[str] = None,
         logical = base[i].logical_id if base[i].logical_id is not None else ids.index(i)
         devices.append(replace(base[i], ip=ip, super_device_id=sdid, logical_id=logical))
     return Server(server_id=server_id, devices=tuple(devices), host=host, host_ip=host_ip,
-                  super_pod_id=super_pod_id)
+                  super_pod_id=super_pod_id, card_rules=card_rules)
 
 
 def _read_text(path: str, what: str) -> str:
@@ -318,13 +325,16 @@ def resolve_backend(backend: Optional[str] = "auto", *, hccn_conf: Optional[str]
 def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Optional[str] = None,
                    npu_smi: Optional[str] = None, ips: Optional[Mapping[int, str]] = None,
                    use_hccn_tool: bool = True, server_id: Optional[str] = None,
-                   cpu_count: Optional[int] = None, npu_smi_text: Optional[str] = None) -> Server:
+                   cpu_count: Optional[int] = None, npu_smi_text: Optional[str] = None,
+                   host_ip: Optional[str] = None, super_pod_id: Optional[str] = None,
+                   super_device_ids: Optional[Mapping[int, int]] = None) -> Server:
     """Discover this machine's devices (see the module docstring).
 
     ``hccn_conf``/``npu_smi``: files to read instead of ``/etc/hccn.conf`` / running ``npu-smi info``.
     ``devices``: the visible-device spec (``8``, ``0-3``).  On CPU/GPU the devices are logical slots.
     ``npu_smi_text``: an `npu-smi info` text already read (so a caller that also wants the health
-    fields runs npu-smi once).
+    fields runs npu-smi once).  ``host_ip``, ``super_pod_id``, ``super_device_ids``: rank table
+    format 1.2 settings of this server (a super_device_id for a device not chosen is an error).
     """
     from cluster import hccn
     from cluster import npu_smi as smi
@@ -344,12 +354,18 @@ def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Opt
     explicit = dict(ips or {})
     if use_hccn_tool and conf_text is None and not explicit:
         if smi_text is not None:
-            ids: Iterable[int] = [c.device_id for c in smi.parse_npu_smi_info(smi_text)]
+            ids: Iterable[int] = [c.device_id for c in smi.parse_npu_smi_info(smi_text, npu_smi or "npu-smi info")]
         else:
             ids = range(8)
         explicit = hccn.query_hccn_tool(ids) or {}
-    return ascend_server(sid, hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=explicit,
-                         visible=devices, hccn_source=conf_src, npu_smi_source=npu_smi or "npu-smi info")
+    server = ascend_server(sid, hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=explicit,
+                           visible=devices, hccn_source=conf_src, npu_smi_source=npu_smi or "npu-smi info",
+                           host_ip=host_ip, super_pod_id=super_pod_id, super_device_ids=super_device_ids)
+    unknown = sorted(set(super_device_ids or {}) - set(server.device_ids))
+    if unknown:
+        raise ClusterInputError(f"device {unknown[0]} is not among the chosen devices {server.device_ids}",
+                                "--super-device-ids")
+    return server
 
 
 def parse_device_mapping(spec: str, source: str) -> Dict[int, str]:
@@ -371,6 +387,50 @@ def parse_device_mapping(spec: str, source: str) -> Dict[int, str]:
             raise ClusterInputError(f"device {dev} given twice", source)
         out[dev] = value.strip()
     return out
+
+
+def device_mapping(value: Any, source: str) -> Optional[Dict[int, str]]:
+    """'0=a,1=b' / 'a,b' / {0: a} / [a, b] (a hosts file's YAML) -> {0: 'a', ...}; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            try:
+                out[int(k)] = str(v)
+            except (TypeError, ValueError):
+                raise ClusterInputError(f"{k!r} is not a device id", source) from None
+        return out
+    if isinstance(value, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(value)}
+    return parse_device_mapping(value, source)
+
+
+def parse_super_device_ids(value: Any, source: str = "--super-device-ids") -> Optional[Dict[int, int]]:
+    """super_device_id per device (forms of ``device_mapping``); each a non-negative integer."""
+    m = device_mapping(value, source)
+    if m is None:
+        return None
+    out = {}
+    for k, v in m.items():
+        if not (v.isdigit() and v.isascii()):
+            raise ClusterInputError(f"device {k}: super_device_id {v!r} is not a non-negative integer", source)
+        out[k] = int(v)
+    return out
+
+
+def parse_device_ips(value: Any, source: str = "--ips") -> Optional[Dict[int, str]]:
+    """Device IPs (forms of ``device_mapping``); each a dotted IPv4 address."""
+    from cluster.hccn import check_ipv4
+
+    m = device_mapping(value, source)
+    if m is None:
+        return None
+    for k, ip in m.items():
+        err = check_ipv4(ip)
+        if err:
+            raise ClusterInputError(f"device {k}: {err}", source)
+    return m
 
 
 def parse_ip_list(spec: str, source: str = "--ips") -> Dict[int, str]:

@@ -6,12 +6,16 @@
     netmask_0=255.255.255.0
     netdetect_0=192.168.100.1
 
+An Atlas A3 server lists ``address_0`` to ``address_15`` (one per chip) and may hold several
+``arp_N=`` lines per device (static ARP entries); keys other than the IP keys may repeat.
+
 Public API:
 
 ``parse_hccn_conf(text, source="/etc/hccn.conf") -> dict[int, HccnDevice]``
     Every device that has any key.  Blank lines and ``#`` comments are ignored.  A line that is not
     ``KEY_N=VALUE``, a device id that is not a number, a bad IPv4 in an address/netmask/netdetect/
-    gateway value, or the same key twice for a device raise ``HccnError`` naming ``source:line``.
+    gateway value, or an IP key twice for a device raise ``HccnError`` naming ``source:line``; other
+    keys may repeat (``HccnDevice.repeated`` keeps every value).
 ``read_hccn_conf(path="/etc/hccn.conf")``: the same from a file (missing file: ``HccnError``).
 ``device_ips(entries) -> dict[int, str]``: device id -> ``address`` (devices without one are left out).
 ``parse_hccn_tool_ip(text, source=...) -> (ip, netmask)``: ``ipaddr:IP`` / ``netmask:MASK`` output.
@@ -25,7 +29,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from cluster.devices import ClusterInputError
 
@@ -48,8 +52,9 @@ class HccnDevice:
     netmask: Optional[str] = None
     netdetect: Optional[str] = None
     gateway: Optional[str] = None
-    extra: Dict[str, str] = field(default_factory=dict)   # other keys (bitmap, dscp_tc, ...)
+    extra: Dict[str, str] = field(default_factory=dict)   # other keys (bitmap, dscp_tc, ...): first value
     lines: Dict[str, int] = field(default_factory=dict)   # key -> line number, for messages
+    repeated: Dict[str, List[str]] = field(default_factory=dict)   # keys given on several lines: every value
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
@@ -88,8 +93,11 @@ def parse_hccn_conf(text: str, source: str = DEFAULT_HCCN_CONF) -> Dict[int, Hcc
         if not value:
             raise HccnError(f"{key}_{dev} has no value", source, lineno)
         entry = out.setdefault(dev, HccnDevice(device_id=dev))
-        if key in entry.lines:
+        if key in entry.lines and key in IP_KEYS:
             raise HccnError(f"{key}_{dev} given twice (first on line {entry.lines[key]})", source, lineno)
+        if key in entry.lines:         # e.g. A3's arp_N lines: one static ARP entry per peer
+            entry.repeated.setdefault(key, [entry.extra[key]]).append(value)
+            continue
         entry.lines[key] = lineno
         if key in IP_KEYS:
             err = check_ipv4(value)

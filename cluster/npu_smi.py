@@ -175,6 +175,26 @@ class _Parser:
                 setattr(chip, spec[1], total)
 
 
+def _names(cell: str) -> List[str]:
+    """Metric column names of a header cell; a name may be two words (npu-smi 25.x's ``NPU Util(%)``):
+    words are joined until one ends with its unit in parentheses."""
+    out: List[str] = []
+    part: List[str] = []
+    for word in cell.split():
+        part.append(word)
+        if word.endswith(")") or "(" not in " ".join(part) and not _wants_more(word):
+            out.append(" ".join(part))
+            part = []
+    if part:
+        out.append(" ".join(part))
+    return out
+
+
+def _wants_more(word: str) -> bool:
+    """A word without a unit that is the first half of a two-word column name."""
+    return "(" not in word and word.upper() in ("NPU", "AI", "HBM", "DDR")
+
+
 def parse_npu_smi_info(text: str, source: str = "npu-smi info") -> List[NpuChip]:
     if not isinstance(text, str):
         raise NpuSmiError("expected the text of `npu-smi info`", source)
@@ -183,9 +203,12 @@ def parse_npu_smi_info(text: str, source: str = "npu-smi info") -> List[NpuChip]
     names1: Optional[List[str]] = None     # metric names of a chip's first row
     names2: Optional[List[str]] = None     # ... and of its second row
     second_has_phy = False
+    split = False                          # npu-smi 25.x: NPU ID | Name | Health | metrics (4 columns)
+    second_has_chip = False                # 25.x: the second row's first cell holds a chip id
     section = None                         # None | "devices" | "processes"
     pending: Optional[Tuple[NpuChip, int]] = None   # chip whose second row is due
     by_key: Dict[Tuple[int, int], NpuChip] = {}
+    proc_cols: Dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line.startswith("|"):
@@ -197,64 +220,110 @@ def parse_npu_smi_info(text: str, source: str = "npu-smi info") -> List[NpuChip]
         if head == "npu" and len(first) > 1 and first[1].lower() == "name":
             if len(cells) < 3:
                 raise p.err("device table header has fewer than 3 columns", lineno)
-            names1, section, pending = cells[2].split(), "devices", None
+            names1, section, pending, split = _names(cells[2]), "devices", None, False
             continue
-        if head == "chip" and section == "devices" and pending is None and (
+        if head == "npu" and [w.lower() for w in first] == ["npu", "id"] and len(cells) >= 4 \
+                and cells[1].lower() == "name":
+            names1, section, pending, split = _names(cells[3]), "devices", None, True
+            continue
+        if section == "devices" and pending is None and not split and head == "chip" and (
                 len(cells) >= 2 and cells[1].lower().startswith("bus")):
             if len(cells) < 3:
                 raise p.err("device table header has fewer than 3 columns", lineno)
-            names2 = cells[2].split()
+            names2 = _names(cells[2])
             second_has_phy = len(first) > 1
             continue
+        if section == "devices" and pending is None and split and len(cells) >= 4 \
+                and cells[2].lower().startswith("bus") and head in ("", "chip"):
+            names2 = _names(cells[3])
+            second_has_chip = head == "chip"
+            second_has_phy = bool(cells[1].strip())
+            continue
         if "process id" in joined and head == "npu":
+            if names1 is None:
+                raise p.err("a process table, but no device table header was recognised above it (expected "
+                            "`| NPU  Name | Health | ...` or `| NPU ID | Name | Health | ...`)", lineno)
             if pending is not None:
                 raise p.err(f"NPU {pending[0].npu_id}: its second row (Chip, Bus-Id, ...) is missing", lineno)
             section = "processes"
+            proc_cols = {"pid": 1, "name": 2, "mem": 3, "chip": -1}
+            for k, c in enumerate(cells):
+                c = c.lower()
+                if k and c.startswith("chip"):
+                    proc_cols["chip"] = k
+                elif c.startswith("process id"):
+                    proc_cols["pid"] = k
+                elif c.startswith("process name"):
+                    proc_cols["name"] = k
+                elif c.startswith("process memory"):
+                    proc_cols["mem"] = k
             continue
         if section is None:
             continue  # rows above the first table header (the npu-smi version banner)
         if section == "processes":
             if joined.startswith("no running processes"):
                 continue
-            if len(cells) < 4 or len(first) < 2:
+            chip_in_first = proc_cols["chip"] < 0 and not split
+            if len(cells) <= max(proc_cols.values()) or not first or (chip_in_first and len(first) < 2):
                 raise p.err("expected a process row: NPU Chip | Process id | Process name | Process memory(MB)",
                             lineno)
             npu = p.int_(first[0], "NPU", lineno)
-            chip_idx = p.int_(first[1], "Chip", lineno)
-            pid = p.int_(cells[1], "Process id", lineno)
-            mem = p.num(cells[3].split()[0] if cells[3].split() else "-", "Process memory(MB)", lineno)
+            if proc_cols["chip"] >= 0:
+                chip_idx = p.int_(cells[proc_cols["chip"]].strip() or "0", "Chip", lineno)
+            else:
+                chip_idx = p.int_(first[1], "Chip", lineno) if len(first) > 1 else 0
+            pid = p.int_(cells[proc_cols["pid"]], "Process id", lineno)
+            mem_words = cells[proc_cols["mem"]].split()
+            mem = p.num(mem_words[0] if mem_words else "-", "Process memory(MB)", lineno)
             owner = by_key.get((npu, chip_idx))
             if owner is None:  # some layouts may give the chip's physical id here
                 owner = next((c for c in chips if c.npu_id == npu and c.phy_id == chip_idx), None)
             if owner is None:
                 raise p.err(f"process {pid} runs on NPU {npu} chip {chip_idx}, which the device table "
                             f"does not list", lineno)
-            owner.processes.append(NpuProcess(npu_id=npu, chip_id=chip_idx, pid=pid, name=cells[2],
-                                              memory_mb=mem))
+            owner.processes.append(NpuProcess(npu_id=npu, chip_id=chip_idx, pid=pid,
+                                              name=cells[proc_cols["name"]], memory_mb=mem))
             continue
         # device rows
         if names1 is None or names2 is None:
             raise p.err("device row before the table's two header rows (| NPU Name ... / | Chip ...)", lineno)
-        if len(cells) < 3:
-            raise p.err(f"expected 3 columns (NPU Name | Health | metrics), got {len(cells)}", lineno)
+        width = 4 if split else 3
+        if len(cells) < width:
+            raise p.err(f"expected {width} columns ({'NPU ID | Name' if split else 'NPU Name'} | Health | "
+                        f"metrics), got {len(cells)}", lineno)
         if pending is None:
             if len(first) < 1:
                 raise p.err("device row without an NPU id", lineno)
             npu = p.int_(first[0], "NPU", lineno)
-            chip = NpuChip(npu_id=npu, name=" ".join(first[1:]), health=cells[1])
-            p.metrics(chip, names1, cells[2], lineno)
+            if split:
+                chip = NpuChip(npu_id=npu, name=cells[1], health=cells[2])
+                p.metrics(chip, names1, cells[3], lineno)
+            else:
+                chip = NpuChip(npu_id=npu, name=" ".join(first[1:]), health=cells[1])
+                p.metrics(chip, names1, cells[2], lineno)
             pending = (chip, lineno)
         else:
             chip = pending[0]
-            want = 2 if second_has_phy else 1
-            if len(first) != want:
-                raise p.err(f"NPU {chip.npu_id}: expected its second row to start with "
-                            f"{'Chip Phy-ID' if second_has_phy else 'Chip'}, got {cells[0]!r}", lineno)
-            chip.chip_id = p.int_(first[0], "Chip", lineno)
-            if second_has_phy:
-                chip.phy_id = p.int_(first[1], "Phy-ID", lineno)
-            chip.bus_id = cells[1]
-            p.metrics(chip, names2, cells[2], lineno)
+            if split:
+                if second_has_chip:
+                    chip.chip_id = p.int_(first[0] if first else "", "Chip", lineno)
+                elif first:
+                    raise p.err(f"NPU {chip.npu_id}: expected its second row to start with an empty cell, "
+                                f"got {cells[0]!r}", lineno)
+                if second_has_phy:
+                    chip.phy_id = p.int_(cells[1], "Phy-ID", lineno)
+                chip.bus_id = cells[2]
+                p.metrics(chip, names2, cells[3], lineno)
+            else:
+                want = 2 if second_has_phy else 1
+                if len(first) != want:
+                    raise p.err(f"NPU {chip.npu_id}: expected its second row to start with "
+                                f"{'Chip Phy-ID' if second_has_phy else 'Chip'}, got {cells[0]!r}", lineno)
+                chip.chip_id = p.int_(first[0], "Chip", lineno)
+                if second_has_phy:
+                    chip.phy_id = p.int_(first[1], "Phy-ID", lineno)
+                chip.bus_id = cells[1]
+                p.metrics(chip, names2, cells[2], lineno)
             key = (chip.npu_id, chip.chip_id)
             if key in by_key:
                 raise p.err(f"NPU {chip.npu_id} chip {chip.chip_id} listed twice", lineno)
@@ -264,12 +333,20 @@ def parse_npu_smi_info(text: str, source: str = "npu-smi info") -> List[NpuChip]
             chips.append(chip)
             pending = None
     if names1 is None:
-        raise NpuSmiError("no `npu-smi info` device table found (a header row `| NPU  Name | Health | ...`)",
-                          source)
+        raise NpuSmiError("no `npu-smi info` device table found (a header row `| NPU  Name | Health | ...` "
+                          "or `| NPU ID | Name | Health | ...`)", source)
     if pending is not None:
         raise p.err(f"NPU {pending[0].npu_id}: the table ends before its second row (Chip, Bus-Id, ...)",
                     pending[1])
     return chips
+
+
+def card_rules(chips: List[NpuChip]) -> Optional[str]:
+    """``"a3"`` when the table shows two chips per NPU (Atlas A3: each chip a device), else None."""
+    per_npu: Dict[int, int] = {}
+    for c in chips:
+        per_npu[c.npu_id] = per_npu.get(c.npu_id, 0) + 1
+    return "a3" if per_npu and max(per_npu.values()) == 2 else None
 
 
 def run_npu_smi(timeout: float = 10.0) -> Optional[str]:

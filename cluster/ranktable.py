@@ -71,12 +71,25 @@ class RankSlot(NamedTuple):
     super_device_id: Optional[int] = None
 
 
-def _rules_for(version: str, rules: str) -> str:
+def _rules_for(version: str, rules: str, hint: Optional[str] = None) -> str:
+    """The card rules to apply: ``rules`` unless ``auto``; then what the hardware showed (``hint``:
+    ``a3`` when npu-smi lists two chips per NPU), else a3 for format 1.2 and 910 for 1.0."""
     if rules not in RULES:
         raise RankTableError(f"unknown card rules {rules!r}; use one of {', '.join(RULES)}", "--rules")
     if rules == "auto":
+        if hint in ("910", "a3"):
+            return hint
         return "a3" if version == "1.2" else "910"
     return rules
+
+
+def _table_hint(rows: List["_Row"]) -> Optional[str]:
+    """An existing table names no hardware; a server with more than 8 devices or ids above 7 can only
+    be an A3 one (910-class servers have 8 cards)."""
+    for _sid, _hip, _pod, devices in rows:
+        if len(devices) > 8 or any(type(d[0]) is int and d[0] > 7 for d in devices):
+            return "a3"
+    return None
 
 
 # A server as the validator sees it: (server_id, host_ip, super_pod_id, [(device_id, device_ip, super_device_id)])
@@ -88,15 +101,31 @@ def _rows(servers: Sequence[Server]) -> List[_Row]:
             for s in servers]
 
 
+def hardware_rules(servers: Sequence[Server]) -> Optional[str]:
+    """The card rules the servers' hardware implies (``Server.card_rules``), None when unknown."""
+    hints = {getattr(s, "card_rules", None) for s in servers} - {None}
+    return hints.pop() if len(hints) == 1 else None
+
+
+def super_pod_mode(servers: Sequence[Server]) -> bool:
+    """HCCL's super-pod mode: a super pod id or a super_device_id was given for some server."""
+    return any(s.super_pod_id is not None or any(d.super_device_id is not None for d in s.devices)
+               for s in servers)
+
+
 def validate_servers(servers: Sequence[Server], version: str = "1.0", rules: str = "auto",
                      source: str = "rank table") -> None:
-    _validate_rows(_rows(servers), version, rules, source)
+    _validate_rows(_rows(servers), version, rules, source, hint=hardware_rules(servers),
+                   pod_mode=super_pod_mode(servers))
 
 
-def _validate_rows(rows: List[_Row], version: str, rules: str, source: str) -> None:
+def _validate_rows(rows: List[_Row], version: str, rules: str, source: str, hint: Optional[str] = None,
+                   pod_mode: bool = True, ip_optional: bool = False) -> None:
+    """``pod_mode``: format 1.2 in super-pod mode (every device needs a super_device_id);
+    ``ip_optional``: device IPs may be absent (an existing one-server table)."""
     if version not in FORMATS:
         raise RankTableError(f"unknown rank table format {version!r}; use 1.0 or 1.2", source)
-    rules = _rules_for(version, rules)
+    rules = _rules_for(version, rules, hint)
     if not rows:
         raise RankTableError("no servers", source)
     seen_server: Dict[str, int] = {}
@@ -130,24 +159,28 @@ def _validate_rows(rows: List[_Row], version: str, rules: str, source: str) -> N
                 raise RankTableError(f"{where}: device {dev} listed twice (device[{ids[dev]}] and device[{j}])",
                                      source)
             ids[dev] = j
-            if not ip:
+            if not ip and ip_optional:
+                pass
+            elif not ip:
                 raise RankTableError(
                     f"{where} device[{j}] (device {dev}): no device IP; give it in hccn.conf (address_{dev}=...), "
                     f"through hccn_tool, or explicitly (--ips)", source)
-            if type(ip) is not str or not _IP_OK(ip):
+            elif type(ip) is not str or not _IP_OK(ip):
                 raise RankTableError(f"{where} device[{j}] (device {dev}): device_ip: {check_ipv4(str(ip))}",
                                      source)
-            if ip in seen_ip:
+            if ip and ip in seen_ip:
                 other = seen_ip[ip]
                 raise RankTableError(f"{where} device[{j}] (device {dev}): device_ip {ip} already used by "
                                      f"server {other[0]} device {other[1]}", source)
-            seen_ip[ip] = (sid, dev)
-            if is_12:
+            if ip:
+                seen_ip[ip] = (sid, dev)
+            if is_12 and (pod_mode or sdid is not None):
                 if sdid is None:
                     raise RankTableError(
-                        f"{where} device[{j}] (device {dev}): no super_device_id (format 1.2 needs it: "
-                        f"`npu-smi info -t spod-info -i NPU -c CHIP` shows it as SDID; give it with "
-                        f"--super-device-ids or in the hosts file)", source)
+                        f"{where} device[{j}] (device {dev}): no super_device_id (super-pod mode needs one "
+                        f"for every device: `npu-smi info -t spod-info -i NPU -c CHIP` shows it as SDID; give "
+                        f"it with --super-device-ids or in the hosts file, or drop the super pod settings "
+                        f"to write a 1.2 table without them)", source)
                 if type(sdid) is not int or sdid < 0:
                     raise RankTableError(f"{where} device[{j}] (device {dev}): super_device_id must be a "
                                          f"non-negative integer", source)
@@ -167,7 +200,8 @@ def _check_card_rules(where: str, ids: List[int], rules: str, source: str) -> No
         bad = [i for i in ids if i > 7]
         if bad:
             raise RankTableError(f"{where}: device id {bad[0]} is outside 0-7 (910-class servers have 8 "
-                                 f"cards; use --rules none for other hardware)", source)
+                                 f"cards; use --rules a3 for Atlas A3 servers, --rules none for other "
+                                 f"hardware)", source)
         if n not in (1, 2, 4, 8):
             raise RankTableError(f"{where}: {n} devices; a 910-class server takes 1, 2, 4 or 8 cards per job",
                                  source)
@@ -201,7 +235,7 @@ def build_rank_table(servers: Sequence[Server], version: str = "1.0", rules: str
     for s in servers:
         devices = []
         for d in s.devices:
-            if version == "1.2":
+            if version == "1.2" and d.super_device_id is not None:
                 entry = {"device_id": str(d.device_id), "device_ip": str(d.ip),
                          "super_device_id": str(d.super_device_id), "rank_id": str(rank)}
             else:
@@ -217,7 +251,7 @@ def build_rank_table(servers: Sequence[Server], version: str = "1.0", rules: str
             item = {"server_id": s.server_id, "device": devices, "host_nic_ip": "reserve"}
         server_list.append(item)
     table: Dict[str, Any] = {"version": version, "server_count": str(len(servers)), "server_list": server_list}
-    if version == "1.2":
+    if version == "1.2" and super_pod_mode(servers):     # outside super-pod mode HCCL wants no pod list
         pods: Dict[str, List[Dict[str, str]]] = {}
         for s in servers:
             pods.setdefault(str(s.super_pod_id or "0"), []).append({"server_id": s.server_id})
@@ -308,6 +342,11 @@ def _parse_table(table: Any, source: str):
     """-> (version, rows, rank ids per device in order); checks fields and types only."""
     if not isinstance(table, dict):
         raise RankTableError("a rank table is a JSON object", source)
+    if "version" not in table and "group_list" in table:
+        raise RankTableError(
+            "this is the old rank table format (group_list, no version), which current HCCL does not take; "
+            "write a format 1.0 table instead: pspnet-cluster ranktable -o rank_table.json "
+            "(or --hosts FILE for several servers)", source)
     version = _str(table, "version", "rank table", source)
     if version not in FORMATS:
         raise RankTableError(f"version: {version!r} is not a format this tool knows (1.0, 1.2)", source)
@@ -322,8 +361,10 @@ def _parse_table(table: Any, source: str):
         raise RankTableError(f"server_count: says {count} but server_list has {len(slist)} servers", source)
     is_12 = version == "1.2"
     pod_of: Dict[str, str] = {}
-    if is_12:
-        pods = _need(table, "super_pod_list", "rank table", source)
+    pod_mode = is_12 and "super_pod_list" in table     # HCCL's super-pod mode
+    one_server = len(slist) == 1                        # device_ip is optional on one server
+    if pod_mode:
+        pods = table["super_pod_list"]
         if not isinstance(pods, list):
             raise RankTableError("super_pod_list: must be a list", source)
         for k, pod in enumerate(pods):
@@ -362,7 +403,7 @@ def _parse_table(table: Any, source: str):
                 dev_s, ip, rank_s = d.get("device_id"), d.get("device_ip"), d.get("rank_id")
                 sd_s = d.get("super_device_id")
                 if type(dev_s) is str and type(ip) is str and type(rank_s) is str and _DIGITS(dev_s) \
-                        and _DIGITS(rank_s) and ("super_device_id" not in d if not is_12 else
+                        and _DIGITS(rank_s) and (sd_s is None if not pod_mode else
                                                  (type(sd_s) is str and _DIGITS(sd_s) is not None)):
                     devices.append((int(dev_s), ip, None if sd_s is None else int(sd_s)))
                     ranks.append(int(rank_s))
@@ -371,14 +412,14 @@ def _parse_table(table: Any, source: str):
             if not isinstance(d, dict):
                 raise RankTableError(f"{dw}: must be an object", source)
             dev_id = _int_str(d, "device_id", dw, source)
-            ip = _str(d, "device_ip", dw, source)
-            sdid = _int_str(d, "super_device_id", dw, source) if (is_12 or "super_device_id" in d) else None
-            ranks.append(_int_str(d, "rank_id", dw, source))
+            ip = None if (one_server and "device_ip" not in d) else _str(d, "device_ip", dw, source)
+            sdid = _int_str(d, "super_device_id", dw, source) if (pod_mode or "super_device_id" in d) else None
+            ranks.append(_rank_id(d, dw, source))
             devices.append((dev_id, ip, sdid))
-        if is_12 and sid not in pod_of:
+        if pod_mode and sid not in pod_of:
             raise RankTableError(f"{where}: server {sid} is in no super_pod_list entry", source)
         rows.append((sid, host_ip, pod_of.get(sid), devices))
-    if is_12:
+    if pod_mode:
         known = {r[0] for r in rows}
         extra = [sid for sid in pod_of if sid not in known]
         if extra:
@@ -386,9 +427,18 @@ def _parse_table(table: Any, source: str):
     return version, rows, ranks
 
 
+def _rank_id(d: Dict[str, Any], where: str, source: str) -> int:
+    """A rank id as HCCL's documented string, or as the integer the model zoo's merge_hccl.py writes."""
+    val = _need(d, "rank_id", where, source)
+    if type(val) is int and val >= 0:
+        return val
+    return _int_str(d, "rank_id", where, source)
+
+
 def validate_rank_table(table: Any, source: str = "rank table", rules: str = "auto") -> List[RankSlot]:
     version, rows, ranks = _parse_table(table, source)
-    _validate_rows(rows, version, rules, source)
+    _validate_rows(rows, version, rules, source, hint=_table_hint(rows),
+                   pod_mode=version == "1.2" and "super_pod_list" in table, ip_optional=len(rows) == 1)
     n = len(ranks)
     if len(set(ranks)) != n or (n and (min(ranks) != 0 or max(ranks) != n - 1)):
         seen: Dict[int, int] = {}
@@ -399,7 +449,24 @@ def validate_rank_table(table: Any, source: str = "rank table", rules: str = "au
             seen[r] = k
         missing = sorted(set(range(n)) - set(ranks))
         raise RankTableError(f"rank ids must be 0..{n - 1}; rank_id {missing[0]} is missing", source)
+    _check_rank_blocks(rows, ranks, source)
     return _slots(rows, ranks)
+
+
+def _check_rank_blocks(rows: Sequence[_Row], ranks: Sequence[int], source: str) -> None:
+    """HCCL numbers ranks server by server in server_list order: each server holds one consecutive
+    block of rank ids, after the previous server's block."""
+    k = 0
+    for i, (sid, _hip, _pod, devices) in enumerate(rows):
+        block = ranks[k:k + len(devices)]
+        lo, hi = k, k + len(devices) - 1
+        stray = [r for r in block if not lo <= r <= hi]
+        if stray:
+            raise RankTableError(
+                f"server_list[{i}] (server {sid}): rank_id {stray[0]} belongs to another server's block; "
+                f"HCCL wants ranks numbered server by server in server_list order (this server's devices "
+                f"take rank ids {lo}-{hi})", source)
+        k += len(devices)
 
 
 def _slots(rows: Sequence[_Row], ranks: Sequence[int]) -> List[RankSlot]:

@@ -69,6 +69,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--hccn-conf", help="hccn.conf to read instead of /etc/hccn.conf")
     p.add_argument("--npu-smi", help="saved `npu-smi info` output to read instead of running it")
     p.add_argument("--rank-table-format", choices=("1.0", "1.2"), help="HCCL rank table format [1.0]")
+    # the rank-table inputs `pspnet-cluster ranktable` takes, under the same names
+    p.add_argument("--rules", dest="rank_table_rules", choices=("auto", "910", "a3", "none"),
+                   help="rank-table card rules [auto: a3 when npu-smi shows two chips per NPU, else 910 for "
+                        "1.0 and a3 for 1.2]")
+    p.add_argument("--ips", help="explicit device IPs: 0=IP,1=IP,... or IP,IP,... for 0,1,...")
+    p.add_argument("--server-id", help="rank table server_id [this host's IP]")
+    p.add_argument("--host-ip", help="format 1.2: the server's host_ip")
+    p.add_argument("--super-pod-id", help="format 1.2 super-pod mode: super_pod_id")
+    p.add_argument("--super-device-ids", help="format 1.2 super-pod mode: 0=SDID,1=SDID,... or SDID,SDID,...")
+    p.add_argument("--no-hccn-tool", dest="hccn_tool", action="store_false", default=None,
+                   help="never run hccn_tool for device IPs")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="do not write report/summary.md and its plots when the job ends")
     _view_flags(p)
@@ -152,6 +163,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "sched_port": args.sched_port,
         "sched_host": args.sched_host, "cmd": args.cmd, "bind_cores": args.bind_cores, "hccn_conf": args.hccn_conf,
         "npu_smi": args.npu_smi, "rank_table_format": args.rank_table_format, "report": args.report,
+        "rank_table_rules": args.rank_table_rules, "ips": args.ips, "server_id": args.server_id,
+        "host_ip": args.host_ip, "super_pod_id": args.super_pod_id, "super_device_ids": args.super_device_ids,
+        "hccn_tool": args.hccn_tool,
         "overrides": list(args.overrides) if args.overrides else None,
     }
     try:

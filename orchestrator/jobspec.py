@@ -66,6 +66,15 @@ class JobSpec:
     hccn_conf: Optional[str] = None
     npu_smi: Optional[str] = None
     rank_table_format: str = "1.0"
+    # rank-table inputs of a one-host job, as `pspnet-cluster ranktable` takes them (a hosts file holds
+    # them per host instead):
+    rank_table_rules: str = "auto"          # card rules: auto, 910, a3, none
+    ips: Optional[str] = None               # device IPs: 0=IP,1=IP or IP,IP
+    server_id: Optional[str] = None
+    host_ip: Optional[str] = None           # format 1.2
+    super_pod_id: Optional[str] = None      # format 1.2 super-pod mode
+    super_device_ids: Optional[str] = None  # format 1.2 super-pod mode: 0=SDID,1=SDID or SDID,SDID
+    hccn_tool: bool = True                  # ask hccn_tool for device IPs when no hccn.conf is there
     cwd: str = ""
     report: bool = True                     # write report/ (summary.md + plots) when the job ends
 
@@ -136,8 +145,29 @@ class JobSpec:
             raise bad("report", f"{self.report!r} is not true or false")
         if self.rank_table_format not in ("1.0", "1.2"):
             raise bad("rank_table_format", "use 1.0 or 1.2")
+        if self.rank_table_rules not in ("auto", "910", "a3", "none"):
+            raise bad("rank_table_rules", f"{self.rank_table_rules!r}: use auto, 910, a3 or none")
+        per_host = [k for k in ("ips", "server_id", "host_ip", "super_pod_id", "super_device_ids")
+                    if getattr(self, k) is not None]
+        if self.hosts and per_host:
+            raise bad(per_host[0], "a hosts file describes every server (device_ips, server_id, host_ip, "
+                                   "super_pod_id, super_device_ids per host); give it there")
+        for key in per_host:
+            v = getattr(self, key)
+            if isinstance(v, dict):               # a spec file's YAML mapping or list: the option's text form
+                v = ",".join(f"{k}={x}" for k, x in v.items())
+            elif isinstance(v, (list, tuple)):
+                v = ",".join(map(str, v))
+            setattr(self, key, str(v))
         if self.job_id and not _JOB_ID_RE.match(self.job_id):
             raise bad("job_id", f"{self.job_id!r}: use letters, digits, '.', '_' or '-' (up to 100)")
+
+    def discover_options(self) -> Dict[str, Any]:
+        """The rank-table inputs as ``cluster.devices.discover_local`` takes them (parsed and checked)."""
+        from cluster.devices import parse_device_ips, parse_super_device_ids
+        return {"ips": parse_device_ips(self.ips), "server_id": self.server_id, "host_ip": self.host_ip,
+                "super_pod_id": self.super_pod_id, "use_hccn_tool": bool(self.hccn_tool),
+                "super_device_ids": parse_super_device_ids(self.super_device_ids)}
 
     @property
     def job_path(self) -> Path:

@@ -117,7 +117,8 @@ def _servers(spec: JobSpec, backend: str):
                 raise PlanError("--hosts: the multi-host launcher (orchestrator/multihost.py) is not available "
                                 "in this build; run on one host without --hosts") from None
             return multihost.resolve_servers(spec, backend)
-        return [discover_local(backend, devices=spec.devices, hccn_conf=spec.hccn_conf, npu_smi=spec.npu_smi)]
+        return [discover_local(backend, devices=spec.devices, hccn_conf=spec.hccn_conf, npu_smi=spec.npu_smi,
+                               **spec.discover_options())]
     except ClusterInputError as exc:
         raise PlanError(str(exc)) from None
 
@@ -128,7 +129,7 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
     has_ips = any(d.ip for s in servers for d in s.devices)
     backend = spec.backend
     if backend == "auto":
-        backend = "ascend" if (has_ips or spec.hccn_conf or spec.npu_smi) else "cpu"
+        backend = "ascend" if (has_ips or spec.hccn_conf or spec.npu_smi or spec.ips) else "cpu"
     mode = spec.mode
     if mode == "auto":
         mode = "ranktable" if backend == "ascend" else "dynamic"
@@ -148,7 +149,7 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
         from cluster.devices import ClusterInputError
         from cluster.ranktable import build_rank_table
         try:
-            rank_table = build_rank_table(servers, version=spec.rank_table_format)
+            rank_table = build_rank_table(servers, version=spec.rank_table_format, rules=spec.rank_table_rules)
         except ClusterInputError as exc:
             raise PlanError(str(exc)) from None
     base_argv = resolve_command(spec, backend)

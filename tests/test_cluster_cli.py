@@ -60,7 +60,7 @@ def test_ranktable_from_hosts_file(tmp_path, fixtures_dir, capsys):
     (["--devices", "2-5"], "span cards 0-3 and 4-7"),
     (["--devices", "0-9"], "unknown device id(s) 8-9"),
     (["--devices", "5-2"], "reversed range"),
-    (["--format", "1.2"], "no super_device_id"),
+    (["--format", "1.2", "--super-pod-id", "0"], "no super_device_id (super-pod mode"),
 ])
 def test_ranktable_bad_input_exits_2_and_writes_nothing(tmp_path, fixtures_dir, capsys, extra, words):
     out = tmp_path / "rt.json"

@@ -118,7 +118,9 @@ def test_format_1_2_structure():
     ([srv("a", [2, 3, 4, 5])], "1.0", "span cards 0-3 and 4-7"),
     ([srv("a", [8])], "1.0", "outside 0-7"),
     ([srv("a", [0, 1, 2, 3]), srv("b", [0, 1], host=50)], "1.0", "has 2 devices but server_list[0]"),
-    ([srv("a", [0, 1])], "1.2", "no super_device_id"),
+    ([srv("a", [0, 1], super_pod_id="0")], "1.2", "no super_device_id (super-pod mode needs one"),
+    ([Server("a", (Device(0, "10.0.0.1", super_device_id=5), Device(1, "10.0.0.2")))], "1.2",
+     "device[1] (device 1): no super_device_id"),
     ([Server("a", (Device(0, "10.0.0.1", super_device_id=5), Device(1, "10.0.0.2", super_device_id=5)))],
      "1.2", "super_device_id 5 already used"),
     ([Server("a", tuple(Device(i, f"10.0.0.{i + 1}", super_device_id=i) for i in (0, 2)))], "1.2",
@@ -158,7 +160,9 @@ def _write(tmp_path, obj):
 
 
 @pytest.mark.parametrize("mutate,words", [
-    (lambda t: t["server_list"][0]["device"][1].__setitem__("rank_id", 1),
+    (lambda t: t["server_list"][0]["device"][1].__setitem__("rank_id", True),
+     "server_list[0].device[1].rank_id: must be a string"),
+    (lambda t: t["server_list"][0]["device"][1].__setitem__("rank_id", -1),
      "server_list[0].device[1].rank_id: must be a string"),
     (lambda t: t.__setitem__("server_count", "3"), "server_count: says 3 but server_list has 2"),
     (lambda t: t.__setitem__("status", "initializing"), "status: 'initializing'"),

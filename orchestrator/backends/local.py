@@ -83,7 +83,8 @@ class LocalBackend(Backend):
         from orchestrator.plan import PlanError
         s = self.spec
         try:
-            return [discover_local(s.backend, devices=s.devices, hccn_conf=s.hccn_conf, npu_smi=s.npu_smi)]
+            return [discover_local(s.backend, devices=s.devices, hccn_conf=s.hccn_conf, npu_smi=s.npu_smi,
+                                   **s.discover_options())]
         except ClusterInputError as exc:
             raise PlanError(str(exc)) from None
 
