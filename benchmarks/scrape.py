@@ -45,7 +45,8 @@ from monitoring.synthetic import step_lines  # noqa: E402
 
 def make_job(root: Path, ranks: int, history: int, job: str):
     (root / "events").mkdir(parents=True)
-    (root / "job.json").write_text(json.dumps({"job": job, "state": "running", "attempts": [{"attempt": 0}]}))
+    (root / "job.json").write_text(json.dumps({"job_id": job, "state": "running", "spec": {}, "world_size": ranks,
+                                               "attempts": [{"attempt": 0, "state": "running"}]}))
     gens = {r: step_lines(r, 10 ** 12, world_size=ranks, job=job, step_time_s=0.5 * (1.3 if r == 1 else 1.0))
             for r in range(ranks)}
     for r in range(ranks):

@@ -37,7 +37,6 @@ grew within ``stale_after_s`` and "unknown" otherwise (text logs do not say that
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
 import re
@@ -45,12 +44,13 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from cluster.contracts.jobdir import EVENTS as EVENTS_DIR, JOB_JSON, LOGS as LOGS_DIR
 from cluster.contracts.events import parse_line
+from cluster.contracts.jobjson import JobJsonError, load_job_json, rank_exit_codes
 from monitoring.state import DeviceState, JobSummary
 
 EXACT_LIMIT = 4096          # whole-run step times kept exactly up to this many, then histogram
@@ -800,28 +800,8 @@ def _derived_state(devices: Dict[int, DeviceState]) -> str:
 
 
 def _exit_codes(attempt: Dict[str, Any]) -> Dict[int, int]:
-    """Per-rank exit codes of an attempt record, read tolerantly.
-
-    The orchestrator's form is ``"ranks": {"0": {"exit_code": 0, ...}, "scheduler": {...}}``; a plain
-    ``"exit_codes": {"0": 0}`` or ``[0, 1]`` is accepted too.  Unreadable entries are skipped.
-    """
-    out: Dict[int, int] = {}
-    if not isinstance(attempt, dict):
-        return out
-    ranks = attempt.get("ranks")
-    items: Iterable = ()
-    if isinstance(ranks, dict):
-        items = ((k, v.get("exit_code")) for k, v in ranks.items() if isinstance(v, dict))
-    raw = attempt.get("exit_codes")
-    if isinstance(raw, dict):
-        items = list(items) + list(raw.items())
-    elif isinstance(raw, list):
-        items = list(items) + list(enumerate(raw))
-    for k, v in items:
-        r, c = _int(k), _int(v)
-        if r is not None and c is not None:
-            out[r] = c
-    return out
+    """Per-rank exit codes of an attempt record of a checked job.json (``read_job_json``)."""
+    return rank_exit_codes(attempt) if attempt else {}
 
 
 def _failure(attempt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -848,12 +828,12 @@ def _search_float(pattern: "re.Pattern", data: bytes, pos: int = 0, endpos: Opti
 
 
 def read_job_json(path: Any) -> Dict[str, Any]:
-    """job.json as a dict, or {} when missing, unreadable or not an object (never raises)."""
+    """job.json checked against its schema, or {} when it is missing or does not follow it: monitoring
+    then shows what the events say (never raises)."""
     try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError, RecursionError):
+        return dict(load_job_json(path))
+    except JobJsonError:
         return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 class JobMonitor:

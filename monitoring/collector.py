@@ -37,15 +37,17 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     Metric)
 
+from cluster.contracts import states
 from monitoring.state import DeviceState, JobSummary
 
 #: Upper bounds (seconds) of the step-time histogram.  PSPNet steps take ~0.3-1.5 s on Ascend and
 #: 0.05-30 s on CPU; the buckets cover both with roughly 2x spacing.
 STEP_TIME_BUCKETS: Tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-DEVICE_STATES = ("starting", "compiling", "running", "validating", "finished", "failed", "stopped", "unknown")
-JOB_STATES = ("pending", "running", "restarting", "succeeded", "failed", "stopped", "unknown")
-_TERMINAL = frozenset(("finished", "failed", "stopped"))
+DEVICE_STATES = tuple(s.value for s in states.DeviceState)
+#: "unknown": a job known only from its ranks' logs, without a job.json
+JOB_STATES = tuple(s.value for s in states.JobState) + ("unknown",)
+_TERMINAL = frozenset(s.value for s in states.TERMINAL_DEVICE_STATES)
 
 #: Without live process information a rank counts as up while it is not finished/failed/stopped and
 #: its last event is at most this old.

@@ -18,7 +18,7 @@ class DeviceState:
     host: str = ""
     attempt: int = 0
     world_size: Optional[int] = None
-    state: str = "unknown"           # starting | compiling | running | validating | finished | failed | stopped | unknown
+    state: str = "unknown"           # a cluster.contracts.states.DeviceState value
     pid: Optional[int] = None
     epoch: int = 0
     epochs: Optional[int] = None     # planned epochs, when known

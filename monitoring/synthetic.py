@@ -87,9 +87,10 @@ def write_synthetic_job(root: Any, ranks: int = 4, *, job: Optional[str] = None,
     failure = None if failed_rank is None else {
         "rank": failed_rank, "name": f"rank_{failed_rank}", "reason": "exit", "exit_code": 1,
         "message": f"rank {failed_rank} exited with code 1"}
-    # the orchestrator's job.json schema (orchestrator/jobstate.py), the parts monitoring reads
+    # a job.json as the launcher writes it (cluster/contracts/jobjson.py), the parts monitoring reads
     atomic_write_json(paths.job_json, {
-        "schema": 1, "job_id": job, "state": state, "world_size": ranks, "restarts": 0,
+        "schema": 1, "job_id": job, "job_dir": str(root), "state": state, "spec": {"devices": str(ranks)},
+        "world_size": ranks, "restarts": 0,
         "attempts": [{"attempt": 0, "state": state, "start": t0, "end": None if state == "running" else t0 + 1,
                       "ranks": ranks_rec, "failure": failure}],
     })

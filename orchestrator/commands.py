@@ -9,13 +9,10 @@ import argparse
 import sys
 from typing import Any, Dict, List
 
-EXIT_CODES = """\
-exit codes:
-  0    every rank finished (or the command did its job)
-  1    the job failed: a rank died or hung and no restart was left
-  2    bad input: unknown devices, bad config, busy port, missing command...; nothing was started
-  130  stopped by SIGINT/SIGTERM/`stop`; `pspnet-cluster resume JOB_DIR` continues it
-"""
+from cluster.contracts.exitcodes import HELP as EXIT_CODES, ExitCode
+from cluster.contracts.jobjson import JobJsonError
+from cluster.contracts.states import JobState as State
+
 
 LAUNCH_EPILOG = """\
 examples:
@@ -134,7 +131,7 @@ def _view_flags(p: argparse.ArgumentParser) -> None:
 
 def _err(cmd: str, msg: Any) -> int:
     print(f"pspnet-cluster {cmd}: error: {msg}", file=sys.stderr)
-    return 2
+    return ExitCode.BAD_INPUT
 
 
 def _console(args: argparse.Namespace):
@@ -214,12 +211,13 @@ def _end_leftovers(job_dir: Any, data: Dict[str, Any]) -> List[int]:
     """End the processes of this job that outlived their launcher (found by the environment tag every
     rank and its children inherit); the pids ended."""
     from cluster import proc
+    from cluster.contracts.env import RankEnv
     spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
     job_id = data.get("job_id") or spec.get("job_id")
     jd = data.get("job_dir") or spec.get("job_dir") or str(job_dir)
     if not isinstance(job_id, str) or not isinstance(jd, str):
         return []
-    return proc.end_processes(proc.tagged_processes({"PSPNET_JOB_ID": job_id, "PSPNET_JOB_DIR": jd}))
+    return proc.end_processes(proc.tagged_processes(RankEnv(job_id=job_id, job_dir=jd).to_env()))
 
 
 # ---------------------------------------------------------------- resume
@@ -228,7 +226,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from cluster.contracts.jobdir import JobDirBusy
     from cluster.devices import ClusterInputError
     from orchestrator.jobspec import JobSpec, SpecError
-    from orchestrator.jobstate import JobState, JobStateError
+    from orchestrator.jobstate import JobState
     from orchestrator.plan import resolve_plan
     from orchestrator.runner import JobRunner
     lock = None
@@ -237,7 +235,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         JobState.load(args.job_dir)          # a job dir at all, before anything is written into it
         lock = _own(args.job_dir)
         state = JobState.load(args.job_dir)  # as the last owner left it
-        if state.state == "succeeded":
+        if state.state == State.SUCCEEDED:
             lock.release()
             print(f"{args.job_dir}: the job already succeeded; nothing to resume")
             return 0
@@ -248,7 +246,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             spec.max_restarts = args.max_restarts
             state.data["spec"]["max_restarts"] = args.max_restarts
         plan = resolve_plan(spec)
-    except (JobStateError, SpecError, ClusterInputError, JobDirBusy) as exc:
+    except (JobJsonError, SpecError, ClusterInputError, JobDirBusy) as exc:
         if lock is not None:
             lock.release()
         return _err("resume", exc)
@@ -269,11 +267,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
     from cluster.contracts.jobdir import JobDirBusy, JobLock, job_running, read_launcher
-    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError
+    from orchestrator.jobstate import JobState
     from orchestrator.runner import STOP_REQUEST_FILE
     try:
         state = JobState.load(args.job_dir)
-    except JobStateError as exc:
+    except JobJsonError as exc:
         return _err("stop", exc)
     spec = state.data.get("spec") if isinstance(state.data.get("spec"), dict) else {}
     grace = _finite(spec.get("grace"), 10.0)
@@ -313,14 +311,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
             left = _end_leftovers(args.job_dir, state.data)
             if left:
                 print(f"ended {len(left)} leftover process(es) of the job: {', '.join(map(str, left))}")
-            if state.state not in FINAL_STATES:
+            if not state.state.final:
                 state.data["message"] = "stopped by `pspnet-cluster stop` (launcher gone)"
-                state.data["exit_code"] = 130
-                state.set_state("stopped", save=False)
+                state.data["exit_code"] = ExitCode.STOPPED
+                state.set_state(State.STOPPED, save=False)
                 state.set_launcher(None)
     except JobDirBusy as exc:
         print(f"note: {exc}; left it alone")
-    except (OSError, JobStateError) as exc:
+    except (OSError, JobJsonError) as exc:
         return _err("stop", f"{args.job_dir}: cannot update the job dir ({exc})")
     return 0
 
@@ -370,12 +368,12 @@ def _last_progress(job_dir: str, world_size: int) -> Dict[str, Dict[str, Any]]:
 
 def _job_summary(job_dir: str) -> Dict[str, Any]:
     from cluster.contracts.jobdir import job_running
-    from orchestrator.jobstate import FINAL_STATES, JobState
+    from orchestrator.jobstate import JobState
     state = JobState.load(job_dir)
     data = dict(state.data)
     alive = job_running(job_dir)
     data["launcher_alive"] = alive
-    if data.get("state") not in FINAL_STATES and not alive:
+    if not state.state.final and not alive:
         data["state_note"] = "launcher gone (killed?): `pspnet-cluster resume` continues the job"
     data["progress"] = _last_progress(job_dir, int(data.get("world_size") or 0))
     return data
@@ -384,11 +382,10 @@ def _job_summary(job_dir: str) -> Dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
-    from orchestrator.jobstate import JobStateError
     if args.job_dir:
         try:
             data = _job_summary(args.job_dir)
-        except JobStateError as exc:
+        except JobJsonError as exc:
             return _err("status", exc)
         if args.json:
             print(json.dumps(data, indent=2))
@@ -400,7 +397,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for jd in sorted(runs.glob("*/job.json")) if runs.is_dir() else []:
         try:
             jobs.append(_job_summary(str(jd.parent)))
-        except JobStateError:
+        except JobJsonError:
             continue
     if args.json:
         print(json.dumps([{k: j.get(k) for k in ("job_id", "job_dir", "state", "world_size", "restarts",
@@ -461,10 +458,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from pathlib import Path
     from cluster.contracts.jobdir import JobPaths
     from cluster.contracts.jobdir import job_running
-    from orchestrator.jobstate import FINAL_STATES, JobState, JobStateError
+    from orchestrator.jobstate import JobState
     try:
         state = JobState.load(args.job_dir)
-    except JobStateError as exc:
+    except JobJsonError as exc:
         return _err("logs", exc)
     paths = JobPaths(args.job_dir)
     files: List[Path] = []
@@ -522,11 +519,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     return 0
                 try:
                     st = JobState.load(args.job_dir)
-                except JobStateError:
+                except JobJsonError:
                     return 0
-                if st.state in FINAL_STATES or not job_running(args.job_dir):
+                if st.state.final or not job_running(args.job_dir):
                     ending = True
                     continue
                 time.sleep(0.25)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.STOPPED

@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from cluster.contracts.env import RankEnv
+
 CKPT_MARK = "@pspnet-ckpts "
 HOSTS_JSON = "hosts.json"
 #: long-running processes per SSH connection (sshd's MaxSessions defaults to 10 channels per connection)
@@ -324,11 +326,15 @@ class RemoteLauncher:
         for k, v in spec.env.items():
             env[k] = s.map_text(host, str(v))
         env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("PSPNET_HOST", host.name)
-        if "MS_SCHED_HOST" in env and env["MS_SCHED_HOST"] in LOOPBACK:
-            env["MS_SCHED_HOST"] = s.master.address     # the scheduler runs on the first host
-        if "MS_SCHED_PORT" in env:
-            env["MS_SCHED_PORT"] = self._sched_port(env["MS_SCHED_PORT"])
+        rank = RankEnv.from_env(env)
+        changes: Dict[str, Any] = {}
+        if rank.host is None:
+            changes["host"] = host.name
+        if rank.sched_host in LOOPBACK:
+            changes["sched_host"] = s.master.address     # the scheduler runs on the first host
+        if rank.sched_port is not None:
+            changes["sched_port"] = int(self._sched_port(str(rank.sched_port)))
+        env.update(rank.with_(**changes).to_env())
         return env
 
     def remote_argv(self, spec: Any, host: Any) -> List[str]:

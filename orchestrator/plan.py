@@ -5,10 +5,8 @@ hccn.conf is well formed, the rank table is valid, the config resolves, the comm
 are free) and raises ``PlanError`` (bad input, exit 2) otherwise.  ``attempt_workers(plan, ...)``
 then turns the plan into ``WorkerSpec``s with the contract's environment for one attempt.
 
-Environment each rank gets (contract section 3): RANK_ID, RANK_SIZE, DEVICE_ID, PSPNET_JOB_DIR,
-PSPNET_JOB_ID, PSPNET_ATTEMPT, PSPNET_LOCAL_RANK, PSPNET_HOST, PSPNET_BACKEND, and PSPNET_RESUME (that
-rank's own checkpoint) when resuming; ranktable mode adds RANK_TABLE_FILE; dynamic mode adds MS_ROLE
-(MS_WORKER; the scheduler process gets MS_SCHED), MS_SCHED_HOST, MS_SCHED_PORT, MS_WORKER_NUM, MS_NODE_ID.
+The environment of each process is a ``RankEnv`` (``cluster/contracts/env.py``): ranktable mode sets
+RANK_TABLE_FILE, dynamic mode the MindSpore scheduler variables (the scheduler process gets MS_SCHED).
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from cluster.contracts.env import MS_SCHED, MS_WORKER, RankEnv
 from cluster.proc import free_port, port_is_free
 from orchestrator.jobspec import JobSpec, SpecError
 from orchestrator.workers import ROLE_SCHEDULER, ROLE_WORKER, WorkerSpec
@@ -185,31 +184,25 @@ def attempt_workers(plan: JobPlan, attempt: int, sched_port: Optional[int] = Non
     """The processes of one attempt: the scheduler first (dynamic mode), then rank 0..N-1."""
     spec = plan.spec
     n = plan.world_size
-    common = {"RANK_SIZE": str(n), "PSPNET_JOB_DIR": spec.job_dir, "PSPNET_JOB_ID": spec.job_id,
-              "PSPNET_ATTEMPT": str(attempt), "PSPNET_BACKEND": plan.backend}
+    common = RankEnv(rank_size=n, job_dir=spec.job_dir, job_id=spec.job_id, attempt=attempt, backend=plan.backend)
     out: List[WorkerSpec] = []
     if plan.mode == "dynamic":
         port = sched_port or spec.sched_port or free_port(spec.sched_host)
-        dyn = {"MS_SCHED_HOST": spec.sched_host, "MS_SCHED_PORT": str(port), "MS_WORKER_NUM": str(n)}
+        common = common.with_(sched_host=spec.sched_host, sched_port=port, worker_num=n)
         sched_host = plan.placements[0].host
+        sched = common.with_(role=MS_SCHED, host=_host_label(sched_host))
         out.append(WorkerSpec(rank=-1, local_rank=-1, device=None, argv=tuple(plan.base_argv),
-                              env={**common, **dyn, "MS_ROLE": "MS_SCHED", "PSPNET_HOST": _host_label(sched_host)},
-                              host=sched_host, cwd=spec.cwd or None, role=ROLE_SCHEDULER))
+                              env=sched.to_env(), host=sched_host, cwd=spec.cwd or None, role=ROLE_SCHEDULER))
     for p in plan.placements:
-        env = dict(common)
-        env.update({"RANK_ID": str(p.rank), "DEVICE_ID": "" if p.device is None else str(p.device),
-                    "PSPNET_LOCAL_RANK": str(p.local_rank),
-                    "PSPNET_HOST": _host_label(p.host)})
+        env = common.with_(rank=p.rank, device_id=p.device, local_rank=p.local_rank, host=_host_label(p.host),
+                           resume=str(resume[p.rank]) if resume and p.rank in resume else None)
         if plan.mode == "dynamic":
-            env.update(dyn)
-            env.update({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(p.rank)})
+            env = env.with_(role=MS_WORKER, node_id=p.rank)
         else:
-            env["RANK_TABLE_FILE"] = str(Path(spec.job_dir) / "rank_table.json")
-        if resume and p.rank in resume:
-            env["PSPNET_RESUME"] = str(resume[p.rank])
+            env = env.with_(rank_table_file=str(Path(spec.job_dir) / "rank_table.json"))
         cores = plan.binding.get(p.local_rank)
         out.append(WorkerSpec(rank=p.rank, local_rank=p.local_rank, device=p.device, argv=tuple(plan.base_argv),
-                              env=env, host=p.host, cwd=spec.cwd or None,
+                              env=env.to_env(), host=p.host, cwd=spec.cwd or None,
                               cpu_affinity=tuple(cores) if cores else None, role=ROLE_WORKER))
     return out
 

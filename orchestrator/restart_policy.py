@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional
 
+from cluster.contracts.states import AttemptState
 from orchestrator.supervisor import AttemptResult
 
 
@@ -56,7 +57,7 @@ class RestartPolicy:
         self.lookup = lookup
 
     def decide(self, result: AttemptResult, restarts_done: int) -> RestartDecision:
-        if result.outcome != "failed":
+        if result.outcome != AttemptState.FAILED:
             return RestartDecision(False, f"attempt {result.outcome}")
         if result.failure is not None and result.failure.reason == "launch":
             return RestartDecision(False, "the processes could not be started; a restart would fail the same way")

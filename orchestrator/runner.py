@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from cluster.contracts.env import RankEnv
+from cluster.contracts.exitcodes import ExitCode
 from cluster.contracts.jobdir import JobPaths, LauncherId
+from cluster.contracts.states import AttemptState, JobState as State
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState
@@ -26,7 +29,6 @@ from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervi
 from orchestrator.workers import (ROLE_SCHEDULER, LaunchError, LocalLauncher, WorkerHandle, WorkerLauncher,
                                   WorkerSpec, start_all)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 130
 STOP_REQUEST_FILE = "stop.request"
 
 
@@ -119,8 +121,8 @@ class JobRunner:
             except OSError:
                 pass
             for a in self.state.attempts:      # left "running" by a launcher that was killed
-                if a.get("state") == "running":
-                    a["state"] = "lost"
+                if a.get("state") == AttemptState.RUNNING:
+                    a["state"] = AttemptState.LOST
                     a["failure"] = a.get("failure") or {
                         "name": "launcher", "rank": None, "reason": "launcher", "exit_code": None, "signal": None,
                         "at": None, "message": "the launcher died while this attempt ran (killed?); its ranks "
@@ -136,26 +138,26 @@ class JobRunner:
                 resume = self.policy.resume_point(self.spec.job_dir, self.plan.ranks) if resume_next else None
                 result = self._attempt(resume)
                 self.results.append(result)
-                if result.outcome == "succeeded":
-                    return self._end("succeeded", EXIT_OK, "all ranks finished")
-                if result.outcome == "stopped":
-                    return self._end("stopped", EXIT_STOPPED,
+                if result.outcome == AttemptState.SUCCEEDED:
+                    return self._end(State.SUCCEEDED, ExitCode.OK, "all ranks finished")
+                if result.outcome == AttemptState.STOPPED:
+                    return self._end(State.STOPPED, ExitCode.STOPPED,
                                      f"stopped ({result.stop_reason}); `pspnet-cluster resume {self.spec.job_dir}` "
                                      "continues from the newest common checkpoint")
                 decision = self.policy.decide(result, restarts_done)
                 if not decision.restart:
                     f = result.failure
-                    return self._end("failed", EXIT_FAILED, f"{f.message if f else 'failed'}; {decision.reason}")
+                    return self._end(State.FAILED, ExitCode.FAILED, f"{f.message if f else 'failed'}; {decision.reason}")
                 restarts_done += 1
                 resume_next = True
-                self.state.set_state("restarting")
+                self.state.set_state(State.RESTARTING)
                 self.console.info(f"restarting the group ({decision.reason})")
                 if self.stop.is_set():
-                    return self._end("stopped", EXIT_STOPPED, f"stopped ({self.stop.reason}) while restarting")
+                    return self._end(State.STOPPED, ExitCode.STOPPED, f"stopped ({self.stop.reason}) while restarting")
         except BaseException:
             if self.live:
                 stop_group(self.live, 0.0)
-            self.state.end("failed", EXIT_FAILED, "the launcher itself failed; see its output")
+            self.state.end(State.FAILED, ExitCode.FAILED, "the launcher itself failed; see its output")
             raise
         finally:
             restore()
@@ -181,14 +183,14 @@ class JobRunner:
                 listener=self.console.listener, header=header)
         rendezvous = None
         if self.plan.mode == "dynamic":
-            env = specs[0].env
-            rendezvous = {"host": env["MS_SCHED_HOST"], "port": int(env["MS_SCHED_PORT"])}
+            env = RankEnv.from_env(specs[0].env)
+            rendezvous = {"host": env.sched_host, "port": env.sched_port}
         record = self.state.begin_attempt({
             "attempt": attempt, "mode": self.plan.mode, "rendezvous": rendezvous,
             "resume": resume.to_dict() if resume else None,
             "ranks": {_key(s): {"pid": None, "device": s.device, "host": s.host, "exit_code": None,
                                 "signal": None} for s in specs}})
-        self.state.set_state("running")
+        self.state.set_state(State.RUNNING)
         if resume:
             self.console.info(f"attempt {attempt}: resuming from global step {resume.global_step} "
                               f"(epoch {resume.epoch})")
@@ -201,7 +203,7 @@ class JobRunner:
                 s.close()
             failure = Failure(name="launcher", rank=None, reason="launch", exit_code=None, signal=None,
                               at=time.time(), message=str(exc))
-            result = AttemptResult("failed", {}, failure=failure)
+            result = AttemptResult(AttemptState.FAILED, {}, failure=failure)
             self._record(record, result)
             self._report(attempt, result)
             return result
@@ -250,15 +252,15 @@ class JobRunner:
         self.state.save()
 
     def _report(self, attempt: int, result: AttemptResult) -> None:
-        if result.outcome == "succeeded":
+        if result.outcome == AttemptState.SUCCEEDED:
             return
-        if result.outcome == "stopped":
+        if result.outcome == AttemptState.STOPPED:
             self.console.info(f"attempt {attempt} stopped ({result.stop_reason}); all processes down"
                               + (f" in {result.group_down_s:.2f} s" if result.group_down_s is not None else ""))
             return
         self.console.info(format_failure(self.spec.job_dir, attempt, result))
 
-    def _end(self, state: str, code: int, message: str) -> int:
+    def _end(self, state: State, code: int, message: str) -> int:
         self.state.end(state, code, message)
         self.console.info(f"job {self.spec.job_id} {state.upper()}: {message}")
         self._write_report()

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
+from cluster.contracts.states import AttemptState
 from cluster.proc import describe_exit, signal_name
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.workers import ROLE_SCHEDULER, WorkerHandle
@@ -55,7 +56,7 @@ class Failure:
 
 @dataclass
 class AttemptResult:
-    outcome: str                                  # succeeded | failed | stopped
+    outcome: AttemptState                         # succeeded | failed | stopped
     exit_codes: Dict[str, Optional[int]]
     failure: Optional[Failure] = None
     stop_reason: Optional[str] = None
@@ -103,22 +104,22 @@ class Supervisor:
                 failure = self._reap(sel, fds)
                 ranks_ok = all(self.exit_codes[n] == 0 for n in ranks)
                 if failure is not None and not (failure.rank is None and ranks_ok):
-                    return self._bring_down("failed", failure=failure)
+                    return self._bring_down(AttemptState.FAILED, failure=failure)
                 if ranks_ok:
                     # every rank done (the job's work is complete): the scheduler finishes by itself,
                     # shortly; how it ends no longer decides the outcome
                     ranks_done_at = ranks_done_at or time.monotonic()
                     running = [n for n in self.workers if self.exit_codes[n] is None]
                     if not running:
-                        return AttemptResult("succeeded", dict(self.exit_codes))
+                        return AttemptResult(AttemptState.SUCCEEDED, dict(self.exit_codes))
                     if self.stop.is_set() or time.monotonic() - ranks_done_at > self.scheduler_linger:
-                        return self._bring_down("succeeded")
+                        return self._bring_down(AttemptState.SUCCEEDED)
                     continue
                 if self.stop.is_set():
-                    return self._bring_down("stopped", stop_reason=self.stop.reason or "stop")
+                    return self._bring_down(AttemptState.STOPPED, stop_reason=self.stop.reason or "stop")
                 hang = self._check_hang()
                 if hang is not None:
-                    return self._bring_down("failed", failure=hang)
+                    return self._bring_down(AttemptState.FAILED, failure=hang)
         finally:
             sel.close()
 
@@ -167,10 +168,10 @@ class Supervisor:
         return None
 
     # ------------------------------------------------------------ stopping the group
-    def _bring_down(self, outcome: str, failure: Optional[Failure] = None,
+    def _bring_down(self, outcome: AttemptState, failure: Optional[Failure] = None,
                     stop_reason: Optional[str] = None) -> AttemptResult:
         t0 = time.monotonic()
-        stop_group(self.workers, self.failure_grace if outcome == "failed" else self.grace, self.exit_codes)
+        stop_group(self.workers, self.failure_grace if outcome == AttemptState.FAILED else self.grace, self.exit_codes)
         down = time.monotonic() - t0
         if failure is not None:
             h = self.workers.get(failure.name)

@@ -124,7 +124,8 @@ def test_state_transitions_and_restart_attempts():
 def test_job_json_marks_dead_ranks_and_restarts(tmp_path):
     root = write_synthetic_job(tmp_path / "job", ranks=3, failed_rank=1, state="failed")
     info = json.loads((root / "job.json").read_text())
-    info["attempts"].append({"attempt": 1, "exit_codes": [0, -9, 0]})
+    info["attempts"].append({"attempt": 1, "state": "failed", "ranks": {str(r): {"exit_code": c}
+                                                                      for r, c in enumerate([0, -9, 0])}})
     (root / "job.json").write_text(json.dumps(info))
     mon = JobMonitor([root])
     mon.poll()
@@ -137,7 +138,7 @@ def test_job_json_marks_dead_ranks_and_restarts(tmp_path):
 
 def test_job_json_is_read_tolerantly(tmp_path):
     root = write_synthetic_job(tmp_path / "job", ranks=2)
-    for text in ("", "not json", "[1, 2]", '{"state": 5, "attempts": "x"}', '{"attempts": [7, {"exit_codes": 3}]}'):
+    for text in ("", "not json", "[1, 2]", '{"state": 5, "attempts": "x"}', '{"attempts": [7, {"ranks": 3}]}'):
         (root / "job.json").write_text(text)
         mon = JobMonitor([root])
         mon.poll()

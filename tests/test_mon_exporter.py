@@ -20,6 +20,8 @@ from cluster.contracts.events import EventWriter
 from monitoring.exporter import CachedReader, align, serve, state_json
 from monitoring.state import DeviceState, JobSummary
 
+from helpers import job_record
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,8 +61,7 @@ class JobWriter:
         self.set_state(state)
 
     def set_state(self, state, attempts=1):
-        recs = [{"attempt": a} for a in range(attempts)]
-        (self.root / "job.json").write_text(json.dumps({"job": self.job, "state": state, "attempts": recs}))
+        (self.root / "job.json").write_text(json.dumps(job_record(self.job, state, len(self.writers), attempts)))
 
     def emit(self, rank, name, ts=None, **fields):
         ev = self.writers[rank].event(name, **fields)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from cluster.contracts.env import RankEnv
 from cluster.contracts.jobdir import (CheckpointInfo, JobPaths, checkpoint_name, list_checkpoints, read_sidecar,
                             sha256_file, sidecar_path, write_sidecar)
 
@@ -45,8 +46,7 @@ class ResumePoint:
 
 
 def checkpoint_dir(cfg: Mapping[str, Any], rank: int, env: Optional[Mapping[str, str]] = None) -> Path:
-    env = os.environ if env is None else env
-    job = env.get("PSPNET_JOB_DIR", "").strip()
+    job = RankEnv.from_env(env).job_dir
     root = Path(job) if job else Path(cfg.get("output_dir") or "runs/single")
     return JobPaths(root).rank_ckpt_dir(rank)
 

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from cluster.contracts.env import RankEnv
 from cluster.contracts.events import EventWriter
 from trainer.config import ConfigError, config_sha, load_config, parse_overrides
 from trainer.world import World, WorldError, tune_cpu_env, world_from_env
@@ -395,7 +396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         join(world)      # returns when the workers have finished
         return EXIT_OK
     install_stop_handlers(events)
-    resume = args.resume or os.environ.get("PSPNET_RESUME", "").strip() or None
+    resume = args.resume or RankEnv.from_env().resume
     code = EXIT_FAILED
     try:
         import mindspore as ms

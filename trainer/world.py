@@ -1,4 +1,4 @@
-"""Where this process stands in the job: read from the environment (contract section 3), then joined.
+"""Where this process stands in the job: read from the rank environment (``RankEnv``), then joined.
 
 Three modes:
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
+
+from cluster.contracts.env import RankEnv, RankEnvError
 
 BACKENDS = {"cpu": "CPU", "ascend": "Ascend", "gpu": "GPU"}
 MODES = ("single", "dynamic", "ranktable")
@@ -59,56 +61,43 @@ class World:
         return f"{self.mode} world: rank {self.rank}/{self.size}, {self.backend} device {self.device_id}{where}"
 
 
-def _int(env: Mapping[str, str], key: str, default: Optional[int] = None) -> Optional[int]:
-    raw = env.get(key)
-    if raw is None or str(raw).strip() == "":
-        return default
-    try:
-        return int(str(raw).strip())
-    except ValueError:
-        raise WorldError(f"environment variable {key}={raw!r} is not an integer") from None
-
-
 def world_from_env(env: Optional[Mapping[str, str]] = None, backend: str = "cpu") -> World:
     """The world this process belongs to, from the environment; raises WorldError on inconsistencies."""
-    env = os.environ if env is None else env
     if backend not in BACKENDS:
         raise WorldError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    rank_id = _int(env, "RANK_ID", 0)
-    rank_size = _int(env, "RANK_SIZE", None)
-    device_id = _int(env, "DEVICE_ID", None)
-    role = env.get("MS_ROLE", "").strip()
-    if role:
-        if role not in ("MS_WORKER", "MS_SCHED"):
-            raise WorldError(f"MS_ROLE={role!r}: expected MS_WORKER or MS_SCHED (MindSpore dynamic cluster)")
-        missing = [k for k in ("MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM") if not env.get(k)]
+    try:
+        e = RankEnv.from_env(env)
+    except RankEnvError as exc:
+        raise WorldError(str(exc)) from None
+    rank_id = e.rank if e.rank is not None else 0
+    if e.role:
+        missing = [var for var, value in (("MS_SCHED_HOST", e.sched_host), ("MS_SCHED_PORT", e.sched_port),
+                                          ("MS_WORKER_NUM", e.worker_num)) if value is None]
         if missing:
-            raise WorldError(f"MS_ROLE={role} (dynamic cluster) needs {', '.join(missing)} in the environment")
-        workers = _int(env, "MS_WORKER_NUM")
-        if workers < 1:
-            raise WorldError(f"MS_WORKER_NUM={workers}: must be at least 1")
-        if rank_size is not None and rank_size != workers:
-            raise WorldError(f"RANK_SIZE={rank_size} but MS_WORKER_NUM={workers}: they must agree")
-        node = _int(env, "MS_NODE_ID", rank_id)
-        if role == "MS_WORKER" and not 0 <= node < workers:
+            raise WorldError(f"MS_ROLE={e.role} (dynamic cluster) needs {', '.join(missing)} in the environment")
+        workers = e.worker_num
+        if e.rank_size is not None and e.rank_size != workers:
+            raise WorldError(f"RANK_SIZE={e.rank_size} but MS_WORKER_NUM={workers}: they must agree")
+        node = e.node_id if e.node_id is not None else rank_id
+        if not e.is_scheduler and not 0 <= node < workers:
             raise WorldError(f"MS_NODE_ID={node}: must lie in 0..{workers - 1} (MS_WORKER_NUM={workers})")
-        sched = f"{env['MS_SCHED_HOST']}:{env['MS_SCHED_PORT']}"
-        return World("dynamic", backend, node if role == "MS_WORKER" else -1, workers, device_id,
-                     "worker" if role == "MS_WORKER" else "scheduler", sched=sched)
-    table = env.get("RANK_TABLE_FILE", "").strip()
+        sched = f"{e.sched_host}:{e.sched_port}"
+        return World("dynamic", backend, -1 if e.is_scheduler else node, workers, e.device_id,
+                     "scheduler" if e.is_scheduler else "worker", sched=sched)
+    table = e.rank_table_file
     if table:
         if not os.path.isfile(table):
             raise WorldError(f"RANK_TABLE_FILE={table}: no such file (make one with `pspnet-cluster ranktable`)")
-        if rank_size is None:
+        if e.rank_size is None:
             raise WorldError("RANK_TABLE_FILE is set but RANK_SIZE is not")
-        if not 0 <= rank_id < rank_size:
-            raise WorldError(f"RANK_ID={rank_id}: must lie in 0..{rank_size - 1} (RANK_SIZE={rank_size})")
-        return World("ranktable", backend, rank_id, rank_size, device_id if device_id is not None else rank_id,
+        if not 0 <= rank_id < e.rank_size:
+            raise WorldError(f"RANK_ID={rank_id}: must lie in 0..{e.rank_size - 1} (RANK_SIZE={e.rank_size})")
+        return World("ranktable", backend, rank_id, e.rank_size, e.device_id if e.device_id is not None else rank_id,
                      rank_table=table)
-    if rank_size not in (None, 1):
-        raise WorldError(f"RANK_SIZE={rank_size} but neither MS_ROLE (dynamic cluster) nor RANK_TABLE_FILE "
+    if e.rank_size not in (None, 1):
+        raise WorldError(f"RANK_SIZE={e.rank_size} but neither MS_ROLE (dynamic cluster) nor RANK_TABLE_FILE "
                          f"(HCCL rank table) is set: start ranks with `pspnet-cluster launch`, or unset RANK_SIZE")
-    return World("single", backend, 0, 1, device_id)
+    return World("single", backend, 0, 1, e.device_id)
 
 
 #: MindSpore 2.10's CPU convolutions hand oneDNN plain NCHW layouts; on CPUs with AVX-512/AMX oneDNN then

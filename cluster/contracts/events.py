@@ -7,11 +7,12 @@ partial or garbled input (see ``parse_line``).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import time
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Dict, Mapping, Optional
+
+from cluster.contracts.env import RankEnv
 
 MARKER = "@pspnet "
 MARKER_BYTES = MARKER.encode()
@@ -101,14 +102,11 @@ class EventWriter:
         self.stream = stream
 
     @classmethod
-    def from_env(cls, stream: Optional[IO[str]] = None, env: Optional[Dict[str, str]] = None) -> "EventWriter":
-        """Build from the environment a rank receives (contract section 3)."""
-        env = os.environ if env is None else env
-        device = env.get("DEVICE_ID")
-        return cls(job=env.get("PSPNET_JOB_ID", "local"), attempt=int(env.get("PSPNET_ATTEMPT", "0") or 0),
-                   rank=int(env.get("RANK_ID", "0") or 0), world_size=int(env.get("RANK_SIZE", "1") or 1),
-                   device=int(device) if device not in (None, "") and device.isdigit() else None,
-                   host=env.get("PSPNET_HOST"), stream=stream)
+    def from_env(cls, stream: Optional[IO[str]] = None, env: Optional[Mapping[str, str]] = None) -> "EventWriter":
+        """Build from the rank environment (raises RankEnvError on a malformed one)."""
+        e = RankEnv.from_env(env)
+        return cls(job=e.job_id or "local", attempt=e.attempt or 0, rank=e.rank or 0, world_size=e.rank_size or 1,
+                   device=e.device_id, host=e.host, stream=stream)
 
     def event(self, name: str, **fields: Any) -> Dict[str, Any]:
         ev = dict(self.base)

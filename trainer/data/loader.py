@@ -47,6 +47,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cluster.contracts.env import RankEnv
+
 from .lists import DataError, Sample, load_sample, read_list
 from .synth import ensure_dataset
 from .transforms import TrainTransform, ValTransform, from_config
@@ -234,7 +236,7 @@ def pipeline_kind(env: Optional[Dict[str, str]] = None) -> str:
         if kind not in PIPELINES:
             raise ValueError(f"{PIPELINE_ENV}={kind!r}: use one of {', '.join(PIPELINES)}")
         return kind
-    return "threads" if env.get("MS_ROLE") else "mindspore"
+    return "threads" if RankEnv.from_env(env).role else "mindspore"
 
 
 class _ThreadPipeline:
