@@ -25,6 +25,8 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
+from cluster.contracts.exitcodes import ExitCode
+
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
@@ -71,7 +73,7 @@ def add_commands(sub: Any) -> None:
 
 def _fail(cmd: str, exc: Exception) -> int:
     print(f"pspnet-cluster {cmd}: error: {exc}", file=sys.stderr)
-    return 2
+    return ExitCode.BAD_INPUT
 
 
 def _sdids(value: Any, source: str) -> Optional[Dict[int, int]]:

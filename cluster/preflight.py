@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from cluster.contracts.exitcodes import ExitCode
 from cluster.devices import Server
 
 PROBE_MARK = "@pspnet-probe "
@@ -286,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.cmd != "probe":
         ap.print_help()
-        return 2
+        return ExitCode.BAD_INPUT
     out = probe(backend=args.backend, devices=args.devices, job_root=args.job_root, port=args.port,
                 min_free_gb=args.min_free_gb, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi)
     sys.stdout.write(PROBE_MARK + json.dumps(out) + "\n")

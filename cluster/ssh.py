@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
+from cluster.contracts.exitcodes import ExitCode
 from cluster.proc import BLOCK, LineSplitter, describe_exit, signal_group, spawn
 
 WRAP_MARKER = "@pspnet-wrap "
@@ -555,7 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["wrap"]:
         return wrap_main(argv[1:])
     print("usage: python -m cluster.ssh wrap [--grace S] [--watch-stdin] -- ARGV...", file=sys.stderr)
-    return 2
+    return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

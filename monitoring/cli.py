@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.contracts.exitcodes import ExitCode
+
 
 def add_commands(subparsers: "argparse._SubParsersAction") -> None:
     add_summary(subparsers)
@@ -69,12 +71,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
         jobs = read_jobs(args.paths, devices=args.devices, **_agg_kwargs(args))
     except FileNotFoundError as exc:
         print(f"pspnet-cluster summary: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     bad = [why for why in (j.unrecognised() for j in jobs) if why]
     for why in bad:
         print(f"pspnet-cluster summary: {why}", file=sys.stderr)
     if bad and len(bad) == len(jobs):
-        return 2
+        return ExitCode.BAD_INPUT
     print_summaries(jobs, as_json=args.json)
     return 2 if bad else 0
 
@@ -103,7 +105,7 @@ def cmd_top(args: argparse.Namespace) -> int:
                        exit_when_done=args.exit_when_done, **_agg_kwargs(args))
     except FileNotFoundError as exc:
         print(f"pspnet-cluster top: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
 
 
 # ---------------------------------------------------------------- report
@@ -125,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         path = write_report(args.job_dir, out_dir=args.out, **_agg_kwargs(args))
     except FileNotFoundError as exc:
         print(f"pspnet-cluster report: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     print(path)
     return 0
 
@@ -159,7 +161,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if missing:
         print(f"pspnet-cluster metrics: no such file or directory: {missing[0]} "
               "(give a job dir such as runs/<job>, a folder of logs, or log/event files)", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     from monitoring.exporter import serve
     try:
         server = serve(args.paths, host=args.host, port=args.port, start=False, local_processes=True,
@@ -167,7 +169,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"pspnet-cluster metrics: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
               "(choose another --port, or 0 for a free one)", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     print(f"serving {server.url}/metrics  (dashboard {server.url}/ , JSON {server.url}/api/state); Ctrl-C stops",
           flush=True)
     try:

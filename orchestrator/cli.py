@@ -13,6 +13,8 @@ import os
 import sys
 from typing import List, Optional
 
+from cluster.contracts.exitcodes import ExitCode
+
 #: Modules that add sub-commands: each has ``add_commands(subparsers)``; parsers set ``func``.
 COMMAND_MODULES = (
     "orchestrator.commands",   # launch, resume, stop, status, logs
@@ -92,12 +94,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not args.command:
         parser.print_help()
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.STOPPED
     except BrokenPipeError:  # `pspnet-cluster status --json | head`: the reader left, nothing is wrong
         try:
             sys.stdout = open(os.devnull, "w")

@@ -34,6 +34,7 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from cluster.contracts.env import RankEnv
+from cluster.contracts.exitcodes import ExitCode
 
 CKPT_MARK = "@pspnet-ckpts "
 HOSTS_JSON = "hosts.json"
@@ -500,7 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.cmd != "checkpoints":
         ap.print_help()
-        return 2
+        return ExitCode.BAD_INPUT
     ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     sys.stdout.write(CKPT_MARK + json.dumps(_checkpoints_main(args.job_dir, ranks, args.verify)) + "\n")
     return 0

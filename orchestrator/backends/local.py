@@ -13,6 +13,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
+from cluster.contracts.env import RankEnv, RankEnvError
 from orchestrator.backends.base import Backend, RankStats, job_pids
 
 if TYPE_CHECKING:
@@ -50,10 +51,10 @@ def job_processes_here(job_id: str, pids: Sequence[int]) -> List[int]:
     out = []
     for pid in pids:
         try:
-            env = psutil.Process(pid).environ()
-        except psutil.Error:
+            pid_job = RankEnv.from_env(psutil.Process(pid).environ()).job_id
+        except (psutil.Error, RankEnvError):
             continue
-        if env.get("PSPNET_JOB_ID") == job_id:
+        if pid_job == job_id:
             out.append(pid)
     return out
 
