@@ -51,7 +51,7 @@ class JobRunner:
         self.live: Dict[str, WorkerHandle] = {}
         self.results: List[AttemptResult] = []
         #: what every process of this job carries in its environment (see cluster.proc.tagged_processes)
-        self.tag = {"PSPNET_JOB_ID": self.spec.job_id, "PSPNET_JOB_DIR": self.spec.job_dir}
+        self.tag = RankEnv(job_id=self.spec.job_id, job_dir=self.spec.job_dir).to_env()
 
     # ------------------------------------------------------------ signals
     def _install_signals(self) -> Callable[[], None]:
