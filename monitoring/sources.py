@@ -118,19 +118,36 @@ def _walk_folder(root: Path, depth: int = 3) -> List[Path]:
     return out
 
 
-def read_layout(path: Path, limit: int = HEAD_BYTES) -> Layout:
-    """What the head of a text log supports (see ``monitoring.textlog.TextLogParser.layout``)."""
+def read_layout(path: Path, limit: int = HEAD_BYTES, enough: int = 200) -> Layout:
+    """What the head of a text log supports (see ``monitoring.textlog.TextLogParser.layout``): its
+    first ``limit`` bytes, or fewer once ``enough`` per-device lines were recognised (the reading is
+    settled by then, and loose folders are looked at again on every poll)."""
+    parser = TextLogParser()
+    seen = 0
+    rest = b""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(limit)
+            while seen < limit:
+                block = fh.read(min(_BLOCK, limit - seen))
+                if not block:
+                    break
+                seen += len(block)
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()              # a partial last line waits for the next block
+                for line in lines:
+                    rec = parser.feed(line)
+                    if rec is not None and rec.kind not in ("event", "eval"):
+                        enough -= 1
+                        if enough <= 0:
+                            return parser.layout()
     except OSError:
         return Layout(None, "unreadable")
-    if len(head) == limit:
-        head = head[:head.rfind(b"\n") + 1]     # whole lines only
-    parser = TextLogParser()
-    for line in head.split(b"\n"):
-        parser.feed(line)
+    if rest and seen < limit:                   # the file's last line, without a newline
+        parser.feed(rest)
     return parser.layout()
+
+
+_BLOCK = 64 << 10
 
 
 def _rank_unranked(unique: List[Source], devices: Optional[int]) -> List[Source]:
@@ -138,8 +155,11 @@ def _rank_unranked(unique: List[Source], devices: Optional[int]) -> List[Source]
     unranked = [s for s in unique if s.kind == "text" and s.rank is None]
     if not unranked:
         return unique
-    layouts = {s.path: read_layout(s.path) for s in unranked}
+    # whether a log holds per-device lines shows at its first one; only a lone such log needs its reading
+    layouts = {s.path: read_layout(s.path, enough=1 if len(unranked) > 1 else 200) for s in unranked}
     per_device = [s for s in unranked if layouts[s.path].devices is not None]
+    if len(per_device) == 1 and len(unranked) > 1:
+        layouts[per_device[0].path] = read_layout(per_device[0].path)
     taken = {s.rank for s in unique if s.rank is not None}
     new: dict = {}
 
