@@ -172,8 +172,7 @@ def _rank_unranked(unique: List[Source], devices: Optional[int]) -> List[Source]
 
     for s in unranked:
         if layouts[s.path].devices is None and not (devices and len(unranked) == 1):
-            new[s.path] = Source(s.path, "text", reading=f"{s.path.name}: no per-device lines: "
-                                                          f"job-level lines only")
+            new[s.path] = Source(s.path, "text", reading=f"{s.path.name}: no per-device lines (takes no rank)")
     if len(per_device) == 1 or (devices and len(unranked) == 1):
         s = per_device[0] if per_device else unranked[0]
         lay = layouts[s.path]

@@ -286,3 +286,16 @@ def test_devices_table_shows_ddr_memory_of_310p(tmp_path):
     header, row = res.stdout.splitlines()[1:3]
     assert "ddr MiB" in header
     assert "1720/21527" in row, res.stdout
+
+
+def test_launch_spec_takes_rank_table_inputs_for_one_host_only():
+    from orchestrator.jobspec import JobSpec, SpecError
+    spec = JobSpec(devices="0-1", super_device_ids={0: 100, 1: 101}, ips=["10.0.0.1", "10.0.0.2"],
+                   rank_table_rules="a3")
+    spec.check()
+    opts = spec.discover_options()
+    assert opts["super_device_ids"] == {0: 100, 1: 101} and opts["ips"] == {0: "10.0.0.1", 1: "10.0.0.2"}
+    with pytest.raises(SpecError, match="rank_table_rules"):
+        JobSpec(devices="2", rank_table_rules="tpu").check()
+    with pytest.raises(SpecError, match="hosts file describes every server"):
+        JobSpec(devices="2", hosts="hosts.yaml", host_ip="172.16.0.1").check()
