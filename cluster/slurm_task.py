@@ -24,8 +24,8 @@ and ``srun --kill-on-bad-exit`` takes the whole step down.
 job dir (a token file the launcher wrote), the Python and the devices it would use, as one
 ``@@pspnet-slurm probe {json}`` line.
 
-This module imports only the standard library at start (and cluster/devices.py for a probe), so a
-task adds a Python start-up (~30 ms) and no more to each rank's start.
+This module imports little (the rank environment contract, process helpers; cluster/devices.py only
+for a probe), so a task adds about one Python start-up to each rank's start.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
+from cluster.contracts.env import RankEnv
 from cluster.proc import child_setup, pump_lines
 
 CONTROL = "@@pspnet-slurm "
@@ -91,10 +92,14 @@ def run(attempt_file: str) -> int:
         print(f"pspnet-cluster slurm task {procid}: the plan has only {len(tasks)} ranks", file=sys.stderr, flush=True)
         return 2
     entry = tasks[procid]
-    if entry.get("host") and node and entry["host"] != node:
-        print(f"pspnet-cluster slurm task {procid}: Slurm placed it on {node}, the plan has rank "
-              f"{entry['env'].get('RANK_ID')} on {entry['host']}; the allocation changed since planning",
-              file=sys.stderr, flush=True)
+    rank = RankEnv.from_env(entry.get("env", {}))
+    localid = os.environ.get("SLURM_LOCALID", "")
+    misplaced = (entry.get("host") and node and entry["host"] != node) or \
+        (localid.isdigit() and rank.local_rank is not None and int(localid) != rank.local_rank)
+    if misplaced:
+        print(f"pspnet-cluster slurm task {procid}: Slurm placed it on {node} as local task {localid}; the plan "
+              f"has rank {rank.rank} on {entry.get('host')} as local rank {rank.local_rank} (the srun distribution "
+              "or the allocation differs from the plan)", file=sys.stderr, flush=True)
         return 2
     # Slurm signals the whole group; the rank acts on SIGTERM itself, this task only waits for it
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
