@@ -80,3 +80,31 @@ def test_a_node_that_does_not_see_the_job_dir_fails_preflight(slurm_cluster, tmp
     assert f"node2: does not see the job dir {job}" in res.stderr
     assert "node1:" not in res.stderr.split("preflight")[-1]          # node1 sees it: only node2 is named
     assert not (job / "slurm").exists()
+
+
+DISCOVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from orchestrator.backends.slurm import SlurmBackend
+from orchestrator.jobspec import JobSpec
+spec = JobSpec(devices="2", backend="ascend", hccn_conf=sys.argv[3], npu_smi=sys.argv[4], job_id="asc",
+               job_dir=sys.argv[2], cwd=sys.argv[2])
+with SlurmBackend(spec) as b:
+    print("SERVERS " + json.dumps([s.to_dict() for s in b.discover()]))
+"""
+
+
+def test_ascend_devices_and_their_ips_come_from_each_node(slurm_cluster, tmp_path, fixtures_dir):
+    env = slurm_cluster.env()
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run(["salloc", "-N2", "--ntasks-per-node=2", sys.executable, "-c", DISCOVER, str(ROOT),
+                          str(tmp_path / "job"), str(fixtures_dir / "hccn.conf"),
+                          str(fixtures_dir / "npu-smi-910b4-2dev.txt")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    line = next((l for l in res.stdout.splitlines() if l.startswith("SERVERS ")), None)
+    assert line is not None, res.stdout + res.stderr
+    servers = json.loads(line[len("SERVERS "):])
+    assert [s["host"] for s in servers] == ["node1", "node2"]
+    for s in servers:
+        assert s["server_id"] == "127.0.0.1"                       # the node's NodeAddr, for the rank table
+        assert [(d["device_id"], d["ip"]) for d in s["devices"]] == [(0, "192.168.100.101"), (1, "192.168.101.101")]

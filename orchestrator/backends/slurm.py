@@ -374,6 +374,7 @@ class SlurmBackend(Backend):
         from cluster.slurm_task import CONTROL
         s = self.spec
         job_dir = Path(s.job_dir)
+        made = not job_dir.exists()
         try:
             job_dir.mkdir(parents=True, exist_ok=True)
             token_path = job_dir / f".slurm-preflight-{secrets.token_hex(4)}"
@@ -400,6 +401,8 @@ class SlurmBackend(Backend):
         finally:
             try:
                 token_path.unlink()
+                if made:
+                    job_dir.rmdir()      # a dry run leaves nothing behind; launch makes it again
             except OSError:
                 pass
         reports: Dict[str, Dict[str, Any]] = {}
