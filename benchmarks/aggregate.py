@@ -2,15 +2,16 @@
 
     .venv/bin/python benchmarks/aggregate.py                 # 8 ranks x 1,000,000 event lines
     .venv/bin/python benchmarks/aggregate.py --lines 200000  # smaller
+    .venv/bin/python benchmarks/aggregate.py --before DIR    # the tree at DIR first, then this one
 
 Writes ``--ranks`` files events/rank_<R>.jsonl of ``--lines`` EventWriter-formatted lines each (mostly
-step events, an epoch event every 1000 steps; ~250 bytes a line; a block of ``--distinct`` generated
+step events, an epoch event every 1000 steps; ~290 bytes a line; a block of ``--distinct`` generated
 lines repeated, since generating is slower than reading) into a temporary job dir, then:
 
-1. full pass: a JobMonitor reads every file from the start (tailer reads, fast chunk path) and a
-   snapshot is taken -> lines/s (target >= 1M lines/s);
-2. baseline, side by side: the same lines through the line-by-line path (parse_line + feed_event,
-   i.e. json.loads per line) on a sample -> lines/s, and the ratio;
+1. full pass: a JobMonitor reads every file from the start and a snapshot is taken -> lines/s
+   (target >= 1M lines/s);
+2. side by side on a sample: the contract's ``parse_line`` (json.loads) + ``Aggregator.feed_event``
+   per line, and parsing alone with orjson (the least any reader that parses every line spends);
 3. incremental pass: 1,000 new lines appended (spread over the ranks), then poll() + snapshot();
    median and max over ``--repeat`` passes.
 
@@ -55,7 +56,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--dir", default=None, help="where to write the files (default: a temp dir, removed after)")
     ap.add_argument("--code", default=None, help="root of the tree whose monitoring package is measured (default: this one)")
+    ap.add_argument("--before", default=None, metavar="DIR",
+                    help="measure the tree at DIR first (same options), then this one: old and new side by side")
     args = ap.parse_args()
+    if args.before:
+        import subprocess
+        rest = [a for i, a in enumerate(sys.argv[1:]) if a != "--before" and sys.argv[i] != "--before"]
+        print(f"==== before: {args.before}", flush=True)
+        subprocess.run([sys.executable, __file__, *rest, "--code", args.before], check=False)
+        print(f"==== after: {CODE}", flush=True)
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="pspnet-bench-agg-"))
     events = root / "events"
@@ -84,7 +93,7 @@ def main() -> int:
         full_rate = total_lines / full_s
         print(f"full pass:        {full_s:7.2f} s  {full_rate / 1e6:6.2f} M lines/s  "
               f"({total_bytes / full_s / 1e6:.0f} MB/s; {seen:,} steps aggregated over {len(summary.devices)} "
-              f"devices; fast chunks {mon.aggregator.fast_chunks})")
+              f"devices)")
 
         # 2. baseline: one json.loads per line
         sample = template[: template.find(b"\n", len(template) * min(args.baseline_lines, args.lines)
@@ -103,7 +112,18 @@ def main() -> int:
         base_s = time.perf_counter() - t
         base_rate = n / base_s
         print(f"line-by-line:     {base_s:7.2f} s  {base_rate / 1e6:6.2f} M lines/s  on {n:,} lines "
-              f"(parse_line + feed_event)   -> fast path is {full_rate / base_rate:.1f}x")
+              f"(parse_line + feed_event)   -> full pass is {full_rate / base_rate:.1f}x")
+        try:
+            import orjson
+            t = time.perf_counter()
+            for line in lines:
+                if line:
+                    orjson.loads(line)
+            parse_s = time.perf_counter() - t
+            print(f"orjson parse only:{parse_s:7.2f} s  {n / parse_s / 1e6:6.2f} M lines/s  on {n:,} lines "
+                  f"(the ceiling of a reader that parses every line; full pass = {full_rate * parse_s / n:.0%} of it)")
+        except ImportError:
+            pass
 
         # 3. incremental passes: append new lines to every rank, then poll + snapshot
         per_rank = max(1, args.new_lines // args.ranks)

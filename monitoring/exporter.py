@@ -1,17 +1,17 @@
 """The exporter: an HTTP server with /metrics (Prometheus), / (the web dashboard) and /api/state (JSON).
 
-Started by the launcher in a background thread::
+Started by the launcher in a background thread, fed in memory with the event lines the launcher
+reads from its ranks (``exporter.sink`` is a console-style listener)::
 
-    server = serve(job_dir, host="127.0.0.1", port=0, process_stats=callable)   # port 0: a free one
+    server = serve(job_dir, port=0, process_stats=callable, live=True)   # port 0: a free one
+    server.sink(name, text, event)      # per line of a rank's output; event: the parsed event or None
     server.url, server.port
     server.close()
 
-and standalone by ``pspnet-cluster metrics PATH... --port P`` for jobs launched by other tools.
-
-Each request refreshes the aggregated state incrementally (``monitoring.aggregate.JobMonitor.poll``
-reads only the bytes appended since the previous request) and then renders it; two requests within
-``min_refresh_s`` share one refresh, so the dashboard polling and Prometheus scraping at the same
-time cost one read.  Nothing runs between requests: an idle exporter costs nothing.
+and standalone by ``pspnet-cluster metrics PATH... --port P`` for jobs launched by other tools: a
+background thread follows the files (``monitoring.aggregate.JobMonitor``) every ``poll_interval_s``,
+so a scrape renders state at most one poll interval old without reading anything itself
+(``pspnet_last_event_age_seconds`` keeps staleness visible).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
-from monitoring.collector import PspnetCollector, ProcessStats, TextRenderer
+from monitoring.collector import CONTENT_TYPE, Metrics, ProcessStats
 from monitoring.state import DeviceState, JobSummary
 
 PathLike = Union[str, os.PathLike]
@@ -46,62 +46,145 @@ STATIC = {
 MAX_CHART_DEVICES = 64
 
 
-# ------------------------------------------------------------------ state source
+# ------------------------------------------------------------------ state sources
 
-class JobsSource:
-    """Owns one ``JobMonitor`` per job and hands out fresh ``JobSummary`` objects.
+class FollowedJobs:
+    """Standalone: one ``JobMonitor`` per job, polled by a background thread every ``poll_interval_s``.
 
     ``paths``: job directories (one job each) and/or log files and folders (together one job).
-    ``__call__`` polls every monitor (only new bytes) unless the last poll is younger than
-    ``min_refresh_s``; it is thread-safe.
+    ``__call__`` returns the summaries of what was read so far (thread-safe); a job whose poll raises
+    keeps what was read before, and the error is in ``errors``.
     """
 
-    def __init__(self, paths: Sequence[PathLike], *, min_refresh_s: float = 0.2,
-                 monitor_factory: Optional[Callable[..., Any]] = None, **monitor_kwargs: Any) -> None:
-        if monitor_factory is None:
-            from monitoring.aggregate import JobMonitor
-            monitor_factory = JobMonitor
+    def __init__(self, paths: Sequence[PathLike], *, poll_interval_s: float = 1.0, **agg_kwargs: Any) -> None:
+        from monitoring.aggregate import JobMonitor
         from monitoring.sources import is_job_dir
         groups: List[List[Path]] = []
         loose: List[Path] = []
-        for p in paths:
-            p = Path(p)
+        for p in map(Path, paths):
             if is_job_dir(p) or (not p.exists() and p.suffix == ""):
                 groups.append([p])      # a job dir (or one that a launcher is about to create)
             else:
                 loose.append(p)
         if loose:
             groups.append(loose)
-        self.monitors = [monitor_factory(g, **monitor_kwargs) for g in groups]
-        self.min_refresh_s = float(min_refresh_s)
-        self._lock = threading.Lock()
-        self._last_poll = -math.inf
-        self._summaries: List[JobSummary] = []
+        self.monitors = [JobMonitor(g, **agg_kwargs) for g in groups]
+        self.poll_interval_s = float(poll_interval_s)
         self.errors: Dict[int, str] = {}       # monitor index -> last error
-        self.polls = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._last: List[JobSummary] = []
+        self._polled = threading.Event()      # the first poll is done: scrapes before it wait for it
 
-    def __call__(self) -> List[JobSummary]:
+    def poll(self) -> None:
         with self._lock:
-            now = time.monotonic()
-            if now - self._last_poll >= self.min_refresh_s or not self._summaries:
-                out = []
-                for i, mon in enumerate(self.monitors):
-                    try:
-                        mon.poll()
-                        out.append(mon.summary())
-                        self.errors.pop(i, None)
-                    except Exception as exc:  # noqa: BLE001 - one unreadable job must not hide the others
-                        self.errors[i] = f"{type(exc).__name__}: {exc}"
-                        if i < len(self._summaries):
-                            out.append(self._summaries[i])      # keep what was known
-                self._summaries = out
-                self._last_poll = time.monotonic()
-                self.polls += 1
-            return self._summaries
+            for i, mon in enumerate(self.monitors):
+                try:
+                    mon.poll()
+                    self.errors.pop(i, None)
+                except Exception as exc:  # noqa: BLE001 - one unreadable job must not hide the others
+                    self.errors[i] = f"{type(exc).__name__}: {exc}"
+            self._polled.set()
+
+    def start(self) -> "FollowedJobs":
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.poll()
+                self._stop.wait(self.poll_interval_s)
+        self._thread = threading.Thread(target=loop, name="pspnet-exporter-follow", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __call__(self, run_stats: bool = True) -> List[JobSummary]:
+        if not self._polled.is_set():
+            if self._thread is None:
+                self.poll()
+            self._polled.wait()
+        with self._lock:
+            self._last = [mon.aggregator.snapshot(run_stats=run_stats) for mon in self.monitors]
+            return self._last
 
     def last(self) -> List[JobSummary]:
-        """The summaries of the last poll, without polling."""
-        return self._summaries
+        """The summaries handed out last (for LocalProcessStats, which needs only pids and hosts)."""
+        return self._last
+
+
+class LiveJob:
+    """Inside `launch`: the job's state fed in memory with the events the launcher reads.
+
+    Event files that exist when it is made (an earlier launch of the job, before `resume`) are read
+    once, up to their size at that moment, in a background thread; everything after comes through
+    ``sink``.  Events are folded in batches when a scrape asks, or when many have queued up.
+    job.json (state, attempts, exit codes) is read on each call.
+    """
+
+    FOLD_AT = 4096      # queued events folded by the sink itself (bounded memory without scrapes)
+
+    def __init__(self, job_dir: PathLike, **agg_kwargs: Any) -> None:
+        from cluster.contracts.jobdir import JobPaths
+        from monitoring.aggregate import Aggregator
+        self.paths = JobPaths(job_dir)
+        self.aggregator = Aggregator(job=Path(job_dir).resolve().name, **agg_kwargs)
+        self.errors: Dict[int, str] = {}
+        self._lock = threading.Lock()          # the aggregator
+        self._queue_lock = threading.Lock()    # the queue (held for an append)
+        self._queue: List[Dict[str, Any]] = []
+        sizes = {}
+        for p in sorted(self.paths.events_dir.glob("rank_*.jsonl")):
+            try:
+                sizes[p] = p.stat().st_size
+            except OSError:
+                pass
+        self._lock.acquire()
+        threading.Thread(target=self._read_existing, args=(sizes,), name="pspnet-exporter-history",
+                         daemon=True).start()
+
+    def _read_existing(self, sizes: Dict[Path, int]) -> None:
+        try:
+            for path, size in sizes.items():
+                try:
+                    with open(path, "rb") as fh:
+                        data = fh.read(size)
+                except OSError as exc:
+                    self.errors[0] = f"{path}: {exc}"
+                    continue
+                self.aggregator.feed_lines(data[: data.rfind(b"\n") + 1])
+        finally:
+            self._lock.release()
+
+    def sink(self, name: str, text: str, event: Optional[Dict[str, Any]]) -> None:
+        """A line of a process's output (the console's listener signature); events are queued."""
+        if event is None:
+            return
+        with self._queue_lock:
+            self._queue.append(event)
+            full = len(self._queue) >= self.FOLD_AT
+        if full and self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
+
+    def _fold(self) -> None:
+        with self._queue_lock:
+            queued, self._queue = self._queue, []
+        self.aggregator.feed_events(queued)
+
+    def close(self) -> None:
+        pass
+
+    def __call__(self, run_stats: bool = True) -> List[JobSummary]:
+        from monitoring.aggregate import read_job_json
+        with self._lock:
+            self._fold()
+            self.aggregator.set_job_info(read_job_json(self.paths.job_json))
+            return [self.aggregator.snapshot(run_stats=run_stats)]
 
 
 # ------------------------------------------------------------------ rank processes of this host
@@ -324,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/metrics":
                 body = exporter.metrics_text()
-                self._send(200, body, TextRenderer.CONTENT_TYPE)
+                self._send(200, body, CONTENT_TYPE)
             elif path == "/api/state":
                 body = json.dumps(exporter.state(), separators=(",", ":"), allow_nan=False).encode()
                 self._send(200, body, "application/json")
@@ -346,8 +429,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection; the listen backlog holds a burst of hundreds of clients (the
+    socketserver default of 5 made connections time out under ~200 concurrent clients)."""
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._conns: set = set()
@@ -381,15 +467,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class Exporter:
-    """The collector, the renderer and the HTTP server of one or more jobs."""
+    """The metrics, the dashboard's JSON and the HTTP server of one or more jobs."""
 
-    def __init__(self, source: Callable[[], List[JobSummary]], *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, source: Callable[..., List[JobSummary]], *, host: str = "127.0.0.1", port: int = 0,
                  process_stats: Optional[Callable[[], ProcessStats]] = None, live_from_process_stats: bool = True,
                  npu_reader: Optional[Callable[[], Any]] = None, web_dir: Path = WEB_DIR) -> None:
         self.source = source
-        self.collector = PspnetCollector(source, process_stats=process_stats, npu_reader=npu_reader,
-                                         live_from_process_stats=live_from_process_stats)
-        self.renderer = TextRenderer()
+        self.metrics = Metrics(lambda: source(run_stats=False), process_stats=process_stats,
+                               npu_reader=npu_reader, live_from_process_stats=live_from_process_stats)
+        self.sink = getattr(source, "sink", None)
         self.web_dir = Path(web_dir)
         self._static: Dict[str, bytes] = {}
         self._render_lock = threading.Lock()
@@ -399,12 +485,12 @@ class Exporter:
 
     # -- content
     def metrics_text(self) -> bytes:
-        with self._render_lock:   # the histogram bookkeeping and label caches are per exporter
-            return self.renderer.render(self.collector.families())
+        with self._render_lock:   # the label cache and the hosts seen are per exporter
+            return self.metrics.render()
 
     def state(self) -> Dict[str, Any]:
         out = state_json(self.source())
-        errors = [f"{k}: {v}" for k, v in sorted(self.collector.last_errors.items())]
+        errors = [f"{k}: {v}" for k, v in sorted(self.metrics.last_errors.items())]
         errors += [f"job {i}: {e}" for i, e in sorted(getattr(self.source, "errors", {}).items())]
         out["errors"] = errors
         return out
@@ -441,13 +527,16 @@ class Exporter:
         self._httpd.serve_forever(poll_interval=0.25)
 
     def close(self) -> None:
-        """Stop accepting, end open connections, release the port."""
+        """Stop accepting, end open connections, release the port, stop following files."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
         self._httpd.close_connections()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> "Exporter":
         return self
@@ -459,24 +548,34 @@ class Exporter:
 def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", port: int = 0,
           process_stats: Optional[Callable[[], ProcessStats]] = None,
           npu_reader: Union[Callable[[], Any], None, str] = "auto", start: bool = True,
-          local_processes: bool = False, **monitor_kwargs: Any) -> Exporter:
+          local_processes: bool = False, live: bool = False, poll_interval_s: float = 1.0,
+          **agg_kwargs: Any) -> Exporter:
     """Serve /metrics, /api/state and the dashboard for a job dir (or log paths) in a background thread.
 
-    ``port=0`` picks a free port (see ``.port``/``.url``).  ``process_stats()`` returns
-    ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}`` for live ranks (the launcher knows them);
-    ``npu_reader="auto"`` exports npu-smi figures where npu-smi is installed.  Without
-    ``process_stats``, ``local_processes=True`` (the standalone command) exports CPU and memory of
-    the ranks running on this host, found by the pid of their start event (``LocalProcessStats``).  Raises OSError when
-    the address cannot be bound.  ``monitor_kwargs`` go to each JobMonitor (e.g. ``straggler_margin``).
+    ``port=0`` picks a free port (see ``.port``/``.url``).  ``live=True`` (the launcher): the one job
+    dir in ``paths`` is fed through ``exporter.sink``; otherwise the files are followed every
+    ``poll_interval_s``.  ``process_stats()`` returns ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}``
+    for live ranks (the launcher knows them); ``npu_reader="auto"`` exports npu-smi figures where
+    npu-smi is installed.  Without ``process_stats``, ``local_processes=True`` (the standalone command)
+    exports CPU and memory of the ranks running on this host, found by the pid of their start event
+    (``LocalProcessStats``).  ``start=False`` leaves serving to ``serve_forever()``.  Raises OSError
+    when the address cannot be bound.  ``agg_kwargs`` go to the Aggregator (e.g. ``straggler_margin``).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if npu_reader == "auto":
         npu_reader = default_npu_reader()
-    source = JobsSource(list(paths), **monitor_kwargs)
-    live = process_stats is not None
-    if process_stats is None and local_processes:
-        process_stats = LocalProcessStats(source.last)
-    exp = Exporter(source, host=host, port=port, process_stats=process_stats, live_from_process_stats=live,
-                   npu_reader=npu_reader)  # type: ignore[arg-type]
+    source: Any = (LiveJob(list(paths)[0], **agg_kwargs) if live
+                   else FollowedJobs(list(paths), poll_interval_s=poll_interval_s, **agg_kwargs))
+    procs = process_stats
+    if procs is None and local_processes:
+        procs = LocalProcessStats(source.last)
+    try:
+        exp = Exporter(source, host=host, port=port, process_stats=procs,
+                       live_from_process_stats=process_stats is not None, npu_reader=npu_reader)  # type: ignore[arg-type]
+    except BaseException:
+        source.close()
+        raise
+    if not live:
+        source.start()
     return exp.start() if start else exp

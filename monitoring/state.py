@@ -57,6 +57,9 @@ class DeviceState:
     dead: bool = False                           # the rank's process ended badly (job.json exit code / error)
     exit_code: Optional[int] = None              # from job.json's last attempt, when recorded
     source: str = ""                             # "events" or "text"
+    # counts of the events' step times per STEP_TIME_BUCKETS bound (+Inf last), and their sum
+    step_time_buckets: List[int] = field(default_factory=list)
+    step_time_sum_s: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Aggregation: percentiles, stragglers, states, restarts, job.json, and the fast chunk path."""
+"""Aggregation: percentiles, stragglers, states, restarts, job.json, and folding in batches."""
 import io
 import json
 
@@ -48,7 +48,7 @@ def test_run_percentiles_switch_to_a_bounded_histogram_within_one_percent():
     values = rng.lognormal(mean=-1.0, sigma=0.4, size=EXACT_LIMIT * 5)
     q = RunQuantiles()
     for part in np.array_split(values, 7):
-        q.add_many(part)
+        q.add(part.tolist())
     assert q._exact is None and q._hist is not None          # bounded memory after EXACT_LIMIT
     assert q.count == values.size
     assert q.max == pytest.approx(values.max())
@@ -58,7 +58,7 @@ def test_run_percentiles_switch_to_a_bounded_histogram_within_one_percent():
 
 def test_series_downsampling_keeps_evenly_spaced_points():
     s = Series(cap=16)
-    s.add_many(np.arange(1000, dtype=float))
+    s.extend(np.arange(1000, dtype=float).tolist())
     assert len(s.x) <= 32
     assert s.x == [int(v) for v in s.y]
     steps = np.diff(s.x)
@@ -166,44 +166,40 @@ def _fields(s):
 
 
 @pytest.mark.parametrize("garble, n", [(False, 2500), (True, 2500), (False, 2150), ("null", 2150)])
-def test_fast_chunk_path_equals_line_by_line(garble, n):
-    # n=2150: an epoch event among the last lines (the recent history then skips it)
+def test_a_file_folded_at_once_equals_the_same_file_line_by_line(garble, n):
+    # n=2150: an epoch event among the last lines
     lines = list(step_lines(3, n, steps_per_epoch=700))
     if garble == "null":          # a diverged loss is written as null: gaps in the loss series, same positions
         import re
-        for i in range(3, n - 1, 7):        # (a null on the very last line sends the chunk line by line)
+        for i in range(3, n, 7):
             lines[i] = re.sub(r'"loss":[^,]*', '"loss":null', lines[i])
     elif garble:
         lines.insert(100, '{"v":1,"event":"step","rank":3,"step_time_s":\n')   # torn line
         lines.insert(200, "garbage\n")
+        lines.insert(300, '{"v":1,"event":"step","rank":3,"step_time_s":NaN,"loss":0.5}\n')   # not JSON for orjson
     data = "".join(lines).encode()
-    fast = Aggregator()
-    fast.feed_event_chunk(data)
-    slow = Aggregator()
+    whole = Aggregator()
+    assert whole.feed_lines(data) == len(lines)
+    single = Aggregator()
     for line in data.split(b"\n"):
-        ev = parse_line(line)
-        if ev is not None:
-            slow.feed_event(ev)
-    assert fast.fast_chunks == (0 if garble is True else 1)
-    a, b = _fields(fast.snapshot(now=2e9)), _fields(slow.snapshot(now=2e9))
+        single.feed_lines(line + b"\n")
+    a, b = _fields(whole.snapshot(now=2e9)), _fields(single.snapshot(now=2e9))
     assert a.keys() == b.keys() == {3}
-    for key in a[3]:
-        va, vb = a[3][key], b[3][key]
-        if isinstance(va, float):
-            assert va == pytest.approx(vb), key
-        else:
-            assert va == vb, key
-    assert a[3]["steps_seen"] == n - 3      # epoch events after steps 700, 1400, 2100
+    sum_a, sum_b = a[3].pop("step_time_sum_s"), b[3].pop("step_time_sum_s")
+    assert sum_a == pytest.approx(sum_b, rel=1e-12)       # summed in another order
+    assert a[3] == b[3]
+    assert a[3]["steps_seen"] == n - 3 + (garble is True)     # epoch events after steps 700, 1400, 2100
     assert len(a[3]["step_time_history"]) == 120
-    for key in ("step_x", "step_time_s", "loss_x", "loss"):
-        assert fast.series(3)[key] == pytest.approx(slow.series(3)[key]), key
-    assert len(fast.series(3)["loss"]) > 100
+    assert whole.series(3) == single.series(3)
+    assert len(whole.series(3)["loss"]) > 100
+    if garble == "null":
+        assert a[3]["loss"] is not None and all(v is not None for _, v in a[3]["loss_history"])
 
 
 def test_chunks_of_several_ranks_fall_back_to_lines():
     text = rank_events("j", 0, 2, steps_per_epoch=50) + rank_events("j", 1, 2, steps_per_epoch=50, step_time_s=0.3)
     agg = Aggregator()
-    agg.feed_event_chunk(text.encode())
+    agg.feed_lines(text.encode())
     s = agg.snapshot()
     assert sorted(s.devices) == [0, 1]
     assert s.devices[0].steps_seen == s.devices[1].steps_seen == 100

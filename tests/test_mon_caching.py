@@ -1,4 +1,4 @@
-"""Caches of the polling path: what is skipped when nothing changed, and that a change is never missed."""
+"""What a poll skips when nothing changed never hides a change: new files, rewritten job.json, new lines."""
 import json
 import os
 import time
@@ -6,13 +6,13 @@ import time
 import pytest
 
 from monitoring.aggregate import JobMonitor
-from monitoring.exporter import serve
+from monitoring.exporter import Exporter, FollowedJobs
 from monitoring.synthetic import step_lines, write_synthetic_job
 from monitoring.tailer import Tailer
 
 
 def _age(*paths, seconds=10.0):
-    """Set mtimes into the past (the caches do not trust anything changed within the last second)."""
+    """Set mtimes into the past, as a job's files are long before they are read."""
     t = time.time() - seconds
     for p in paths:
         os.utime(p, (t, t))
@@ -32,48 +32,40 @@ def _job(tmp_path, ranks=4):
     return root
 
 
-def test_unchanged_job_folder_is_not_rediscovered_and_a_new_rank_file_is_picked_up(tmp_path):
+def test_a_rank_file_that_appears_later_is_picked_up_even_within_the_same_second(tmp_path):
     root = _job(tmp_path, ranks=2)
     mon = JobMonitor([root])
     mon.poll()
     assert sorted(mon.summary().devices) == [0, 1]
-    first = mon.discoveries
     mon.poll()
-    mon.poll()
-    assert mon.discoveries == first                  # folders unchanged: no rescan
-    _append_step(root / "events" / "rank_2.jsonl", 2, 1_700_000_500.0, 0.25)   # a late rank
+    events = root / "events"
+    st = os.stat(events)
+    _append_step(events / "rank_2.jsonl", 2, 1_700_000_500.0, 0.25)   # a late rank...
+    os.utime(events, ns=(st.st_atime_ns, st.st_mtime_ns))              # ...in the same clock tick as before
     mon.poll()
     s = mon.summary()
     assert sorted(s.devices) == [0, 1, 2]
     assert s.devices[2].step_time_s == 0.25
-    assert mon.discoveries == first + 1
 
 
-def test_a_folder_changed_within_the_last_second_is_rescanned_every_poll(tmp_path):
-    root = _job(tmp_path, ranks=1)
-    os.utime(root / "events")                         # "now": a file could have come in the same tick
-    mon = JobMonitor([root])
-    mon.poll()
-    n = mon.discoveries
-    mon.poll()
-    assert mon.discoveries == n + 1
-
-
-def test_changed_job_json_is_read_again_and_an_unchanged_one_keeps_its_values(tmp_path):
+def test_job_json_rewritten_in_the_same_second_with_the_same_size_is_read_again(tmp_path):
     root = _job(tmp_path, ranks=2)
     mon = JobMonitor([root])
     mon.poll()
     assert mon.summary().state == "running"
     mon.poll()
-    assert mon.summary().state == "running"
+    assert mon.summary().state == "running"           # unchanged: the same values
     info = json.loads((root / "job.json").read_text())
-    info["state"], info["restarts"] = "failed", 3
-    tmp = root / "job.json.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, root / "job.json")               # as the orchestrator writes it (atomic rename)
-    mon.poll()
-    s = mon.summary()
-    assert s.state == "failed" and s.restarts == 3
+    st = os.stat(root / "job.json")
+    for state, restarts in (("stopped", 3), ("failed", 4)):   # "stopped"/"failed": same length
+        info["state"], info["restarts"] = state, restarts
+        tmp = root / "job.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, root / "job.json")               # as the orchestrator writes it (atomic rename)
+        os.utime(root / "job.json", ns=(st.st_atime_ns, st.st_mtime_ns))
+        mon.poll()
+        s = mon.summary()
+        assert s.state == state and s.restarts == restarts
 
 
 def test_tailer_skips_unchanged_files_and_sees_growth_truncation_and_replacement(tmp_path):
@@ -105,7 +97,8 @@ def test_tailer_skips_unchanged_files_and_sees_growth_truncation_and_replacement
 
 def test_scrape_shows_a_changed_device_and_an_unchanged_one_keeps_its_values(tmp_path):
     root = _job(tmp_path, ranks=4)
-    exp = serve(root, port=0, npu_reader=None, min_refresh_s=0.0, start=False)
+    src = FollowedJobs([root])
+    exp = Exporter(src, port=0, npu_reader=None)
     try:
         def metric(body, name, rank):
             prefix = f'{name}{{device="{rank}",host="node0",job="job",rank="{rank}"}} '
@@ -114,10 +107,13 @@ def test_scrape_shows_a_changed_device_and_an_unchanged_one_keeps_its_values(tmp
                     return float(line[len(prefix):])
             return None
 
+        src.poll()
         before = exp.metrics_text()
         steps0 = {r: metric(before, "pspnet_steps_total", r) for r in range(4)}
         assert all(v == 40.0 for v in steps0.values())
         _append_step(root / "events" / "rank_2.jsonl", 2, time.time(), 0.375)
+        assert metric(exp.metrics_text(), "pspnet_steps_total", 2) == 40.0   # a scrape reads nothing itself
+        src.poll()
         after = exp.metrics_text()
         assert metric(after, "pspnet_step_time_seconds", 2) == 0.375
         assert metric(after, "pspnet_steps_total", 2) == 41.0
@@ -127,6 +123,7 @@ def test_scrape_shows_a_changed_device_and_an_unchanged_one_keeps_its_values(tmp
             for name in ("pspnet_steps_total", "pspnet_step_time_seconds", "pspnet_loss",
                          "pspnet_step_time_p50_seconds", "pspnet_step_duration_seconds_count"):
                 assert metric(after, name, r) == metric(before, name, r), (name, r)
+        src.poll()
         again = exp.metrics_text()                    # nothing new: same values (the age goes on)
         strip = [ln for ln in again.decode().splitlines() if "last_event_age" not in ln]
         assert strip == [ln for ln in after.decode().splitlines() if "last_event_age" not in ln]
@@ -155,28 +152,7 @@ def test_snapshot_histories_drop_gaps_only_while_they_are_in_the_window(tmp_path
     assert len(hist) == 120 and hist[-1] == (1_800_000_130.0, 0.5)
 
 
-def test_worker_process_scans_give_the_same_state_as_scanning_here(tmp_path, monkeypatch):
-    # the pool only forks from a single-threaded process; earlier tests in the same run may leave
-    # threads behind (servers, pools), which must not turn this comparison into a serial-vs-serial one
-    import monitoring.aggregate as aggregate
-    monkeypatch.setattr(aggregate.threading, "active_count", lambda: 1)
-    root = tmp_path / "job"
-    (root / "events").mkdir(parents=True)
-    for r in range(3):
-        lines = "".join(step_lines(r, 3000, world_size=3, steps_per_epoch=700, seed=r))
-        (root / "events" / f"rank_{r}.jsonl").write_text(lines)
-    serial, parallel = JobMonitor([root]), JobMonitor([root])
-    serial.workers = 1
-    parallel.workers, parallel.parallel_min_bytes = 2, 1
-    for mon in (serial, parallel):
-        mon.poll()
-    assert parallel.parallel_chunks == 3 and serial.parallel_chunks == 0
-    assert parallel.aggregator.fast_chunks == serial.aggregator.fast_chunks == 3
-    assert parallel.summary(now=2e9).to_dict() == serial.summary(now=2e9).to_dict()
-    assert parallel.aggregator.series(1) == serial.aggregator.series(1)
-
-
-def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentiles():
+def test_window_and_run_percentiles_over_batches_of_any_size_are_numpys():
     import numpy as np
 
     from monitoring.aggregate import Aggregator
@@ -189,9 +165,8 @@ def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentil
         chunk = times[i:i + size]
         if chunk.size == 0:
             break
-        for t in chunk:
-            ev = {"event": "step", "rank": 0, "ts": 1.0 + i, "step_time_s": float(t), "loss": 1.0}
-            agg.feed_event(ev)
+        agg.feed_events([{"event": "step", "rank": 0, "ts": 1.0 + i + k, "step_time_s": float(t), "loss": 1.0}
+                         for k, t in enumerate(chunk)])
         i += chunk.size
         w = times[max(0, i - 50):i]
         d = agg.snapshot(now=1e9).devices[0]
@@ -202,10 +177,10 @@ def test_window_kept_sorted_across_small_and_bulk_flushes_gives_numpys_percentil
     assert i == 700 and w is not None
 
 
-def test_collector_and_renderer_reused_across_scrapes_render_what_a_fresh_one_renders():
-    from prometheus_client import CollectorRegistry, generate_latest
+def test_metrics_reused_across_scrapes_render_what_fresh_ones_render():
+    from prometheus_client import generate_latest
 
-    from monitoring.collector import PspnetCollector, TextRenderer
+    from monitoring.collector import Metrics
     from monitoring.state import DeviceState, JobSummary
 
     now = 1000.0
@@ -217,14 +192,12 @@ def test_collector_and_renderer_reused_across_scrapes_render_what_a_fresh_one_re
             devs[r] = DeviceState(job="j", rank=r, device=r, host="h", state="running" if k < 5 else "failed",
                                   epoch=1, global_step=7, straggler=(k == 1 and r == 0), step_time_s=st if r else 0.5,
                                   loss=loss if r == 1 else 1.0, step_time_p50_s=p50, steps_seen=10 + k * (r == 2),
-                                  last_event_ts=now - 1, step_time_history=[(now - 10 + i, 0.1 * (i + 1)) for i in range(k * (r == 2) + 1)])
+                                  last_event_ts=now - 1,
+                                  step_time_buckets=[1, k * (r == 2)] + [0] * 11, step_time_sum_s=0.1 * k)
         states.append(JobSummary(job="j", state="running", devices=devs))
     current = {"s": states[0]}
-    c = PspnetCollector(lambda: [current["s"]], clock=lambda: now, host="n")   # reused: its caches carry over
-    renderer = TextRenderer()
+    c = Metrics(lambda: [current["s"]], clock=lambda: now, host="n")   # reused: its label cache carries over
     for s in states:
         current["s"] = s
-        reference = PspnetCollector(lambda: [s], clock=lambda: now, host="n")    # fresh: nothing cached
-        reg = CollectorRegistry()
-        reg.register(reference)
-        assert renderer.render(c.families()) == generate_latest(reg)
+        reference = Metrics(lambda: [s], clock=lambda: now, host="n")    # fresh: nothing cached
+        assert c.render() == generate_latest(reference.registry)

@@ -1,4 +1,4 @@
-"""The Prometheus collector, its fast text renderer, the exporter's HTTP server and the `metrics` command."""
+"""The Prometheus collectors, the text renderer, the exporter's HTTP server and the `metrics` command."""
 import json
 import os
 import signal
@@ -11,11 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.npu_smi import parse_npu_smi_info
-from monitoring.collector import STEP_TIME_BUCKETS, PspnetCollector, StepTimeHistograms, TextRenderer
+from monitoring.aggregate import STEP_TIME_BUCKETS
+from monitoring.collector import Metrics
 from cluster.contracts.events import EventWriter
 from monitoring.exporter import CachedReader, align, serve, state_json
 from monitoring.state import DeviceState, JobSummary
@@ -81,6 +82,16 @@ def get(url, timeout=10):
         return r.status, r.headers.get("Content-Type"), r.read()
 
 
+def eventually(fetch, ok, timeout=15.0):
+    """``fetch()`` again until ``ok`` holds for its result (bounded); returns that result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fetch()
+        if ok(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 def device(rank, **kw):
     base = dict(job="j", rank=rank, device=rank, host="h0", state="running")
     base.update(kw)
@@ -98,8 +109,8 @@ def test_collector_exports_device_process_and_job_families():
     job = JobSummary(job="j", state="restarting", attempt=2, restarts=2, devices={0: d0, 1: d1},
                      total_images_per_s=4.0, stragglers=[0])
     procs = {0: {"pid": 11, "cpu_seconds": 12.5, "rss_bytes": 123456789}}
-    c = PspnetCollector(lambda: [job], process_stats=lambda: procs, clock=lambda: now)
-    smp = samples(TextRenderer().render(c.families()))
+    c = Metrics(lambda: [job], process_stats=lambda: procs, clock=lambda: now)
+    smp = samples(c.render())
     lab0 = dict(job="j", host="h0", rank="0", device="0")
     assert value(smp, "pspnet_step_time_seconds", **lab0) == 0.5
     assert value(smp, "pspnet_step_time_p50_seconds", **lab0) == 0.4
@@ -139,14 +150,14 @@ def test_up_without_process_info_follows_state_and_event_age():
             1: device(1, last_event_ts=now - 1000),                     # silent too long: down
             2: device(2, last_event_ts=now - 1, state="finished"),      # ended: down
             3: device(3, last_event_ts=None)}                           # never heard of: down
-    c = PspnetCollector(lambda: [JobSummary(job="j", devices=devs)], stale_after_s=300, clock=lambda: now)
-    smp = samples(TextRenderer().render(c.families()))
+    c = Metrics(lambda: [JobSummary(job="j", devices=devs)], stale_after_s=300, clock=lambda: now)
+    smp = samples(c.render())
     assert [value(smp, "pspnet_up", rank=str(r)) for r in range(4)] == [1, 0, 0, 0]
     assert "pspnet_process_cpu_seconds_total" not in names(smp)
 
 
 def test_fast_renderer_is_byte_identical_to_generate_latest():
-    """The exporter serves TextRenderer output; it must equal prometheus_client's own rendering."""
+    """The exporter serves its own rendering; it must equal prometheus_client's."""
     now = 5000.0
     devs = {}
     for r in range(5):
@@ -155,57 +166,28 @@ def test_fast_renderer_is_byte_identical_to_generate_latest():
                          images_per_s=float(r), loss=float("nan") if r == 2 else 1.5, epoch=r,
                          global_step=10 ** 9 + r, steps_seen=r, miou=0.5, best_miou=0.5 + r / 100,
                          last_event_ts=now - r, state=["running", "failed", "weird", "finished", "starting"][r],
-                         step_time_history=[(now - 10 + i, 0.01 * 3 ** i) for i in range(r + 1)])
+                         step_time_buckets=[r, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 7 * r, 1],
+                         step_time_sum_s=12.5 * r)
     job = JobSummary(job="j-1", state="running", restarts=1, devices=devs, total_images_per_s=10.0)
     chips = parse_npu_smi_info((ROOT / "tests/fixtures/npu-smi-a3-2npu.txt").read_text())
-    c = PspnetCollector(lambda: [job], process_stats=lambda: {0: {"cpu_seconds": 1.0, "rss_bytes": 2.0}},
+    c = Metrics(lambda: [job], process_stats=lambda: {0: {"cpu_seconds": 1.0, "rss_bytes": 2.0}},
                         npu_reader=lambda: chips, clock=lambda: now, host="node9")
-    reg = CollectorRegistry()
-    reg.register(c)
-    expected = generate_latest(reg)
-    assert TextRenderer().render(c.families()) == expected
+    expected = generate_latest(c.registry)
+    assert c.render() == expected
     assert b'host="we\\"ird\\\\host\\nname"' in expected     # escaping really exercised
 
 
-def test_histogram_counts_each_step_once_across_scrapes():
-    hist = [(100.0 + i, t) for i, t in enumerate([0.02, 0.3, 0.3, 7.0])]
-    d = device(0, step_time_history=list(hist))
-    h = StepTimeHistograms()
-    h.update_from(d)
-    h.update_from(d)                                    # nothing new: no double counting
-    buckets, total = h.buckets("j", 0)
-    cum = dict(buckets)
-    assert cum["0.025"] == 1 and cum["0.5"] == 3 and cum["10.0"] == 4 and cum["+Inf"] == 4
-    assert total == pytest.approx(7.62)
-    # the aggregator hands out a new, bounded list: two entries pushed out, two new ones in
-    d.step_time_history = hist[2:] + [(104.0, 70.0), (105.0, 0.3)]
-    h.update_from(d)
-    cum = dict(h.buckets("j", 0)[0])
-    assert cum["+Inf"] == 6 and cum["60.0"] == 5 and cum["0.5"] == 4
-    assert [le for le, _ in h.buckets("j", 0)[0]] == [repr(b) for b in STEP_TIME_BUCKETS] + ["+Inf"]
-
-
-def test_histogram_counts_fresh_copies_of_the_history_once_and_skips_text_records():
-    h = StepTimeHistograms()
-    d = device(0, step_time_history=[(1.0, 0.2), (None, 1.3), (2.0, 0.2)])
-    h.update_from(d)
-    # the aggregator hands out a new list of new tuples with the same entries plus one new step
-    d.step_time_history = [(1.0, 0.2), (None, 1.3), (2.0, 0.2), (None, 1.3), (3.0, 0.7)]
-    h.update_from(d)
-    h.update_from(d)
-    cum = dict(h.buckets("j", 0)[0])
-    assert cum["+Inf"] == 3 and cum["0.25"] == 2          # per-epoch text means (ts None) not counted
-    d2 = device(1, step_time_history=[(None, 1.3)])       # a text-only device has no histogram
-    h.update_from(d2)
-    assert h.buckets("j", 1) is None
-
-
-def test_histogram_fed_directly_ignores_history():
-    h = StepTimeHistograms()
-    h.observe("j", 0, 0.2)
-    h.observe("j", 0, float("nan"))                       # ignored
-    h.update_from(device(0, step_time_history=[(1.0, 0.2), (2.0, 0.2)]))
-    assert dict(h.buckets("j", 0)[0])["+Inf"] == 1
+def test_histogram_is_cumulative_over_the_buckets_and_left_out_before_any_step():
+    counts = [1, 0, 2] + [0] * 9 + [1]                  # per bucket, +Inf last
+    devs = {0: device(0, step_time_buckets=counts, step_time_sum_s=90.5), 1: device(1)}
+    smp = samples(Metrics(lambda: [JobSummary(job="j", devices=devs)], host="n").render())
+    cum = {dict(ls)["le"]: v for (n, ls), v in smp.items()
+           if n == "pspnet_step_duration_seconds_bucket" and ("rank", "0") in ls}
+    assert list(cum) == [repr(b) for b in STEP_TIME_BUCKETS] + ["+Inf"]
+    assert cum["0.01"] == 1 and cum["0.05"] == 3 and cum["60.0"] == 3 and cum["+Inf"] == 4
+    assert value(smp, "pspnet_step_duration_seconds_count", rank="0") == 4
+    assert value(smp, "pspnet_step_duration_seconds_sum", rank="0") == 90.5
+    assert not [k for k in smp if k[0].startswith("pspnet_step_duration") and ("rank", "1") in k[1]]
 
 
 def test_npu_smi_figures_from_both_table_layouts(fixtures_dir):
@@ -213,8 +195,8 @@ def test_npu_smi_figures_from_both_table_layouts(fixtures_dir):
                          ("npu-smi-a3-2npu.txt", {("0", "0", "0"): (162.6, 34, 3419), ("0", "1", "1"): (None, 34, 2874),
                                                   ("1", "0", "2"): (186.3, 36, 3415), ("1", "1", "3"): (None, 36, 3195)})):
         chips = parse_npu_smi_info((fixtures_dir / name).read_text())
-        c = PspnetCollector(lambda: [], npu_reader=lambda: chips, host="node7")
-        smp = samples(TextRenderer().render(c.families()))
+        c = Metrics(lambda: [], npu_reader=lambda: chips, host="node7")
+        smp = samples(c.render())
         for (npu, chip, dev), (power, temp, hbm) in expect.items():
             lab = dict(host="node7", npu=npu, chip=chip, device=dev)
             assert value(smp, "pspnet_npu_up", **lab) == 1
@@ -231,13 +213,13 @@ def test_npu_smi_figures_from_both_table_layouts(fixtures_dir):
 
 def test_npu_health_other_than_ok_is_down_and_reader_errors_do_not_break_a_scrape():
     chips = [{"npu_id": 0, "chip_id": 0, "health": "Alarm", "temp_c": 90}]
-    c = PspnetCollector(lambda: [], npu_reader=lambda: chips, host="n")
-    assert value(samples(TextRenderer().render(c.families())), "pspnet_npu_up", npu="0") == 0
+    c = Metrics(lambda: [], npu_reader=lambda: chips, host="n")
+    assert value(samples(c.render()), "pspnet_npu_up", npu="0") == 0
 
     def broken():
         raise RuntimeError("npu-smi hung")
-    c = PspnetCollector(lambda: [JobSummary(job="j", devices={0: device(0, last_event_ts=1.0)})], npu_reader=broken)
-    smp = samples(TextRenderer().render(c.families()))
+    c = Metrics(lambda: [JobSummary(job="j", devices={0: device(0, last_event_ts=1.0)})], npu_reader=broken)
+    smp = samples(c.render())
     assert value(smp, "pspnet_job_ranks", job="j") == 1
     assert "npu-smi hung" in c.last_errors["npu"]
 
@@ -318,8 +300,8 @@ def test_server_serves_metrics_state_and_dashboard_and_follows_new_events(tmp_pa
         jw.steps(1, 4, 2, 0.8)           # new events: the next scrape reads them
         jw.emit(1, "epoch", epoch=1, epoch_time_s=2.0, mean_step_time_s=0.5, val_loss=0.25, miou=0.42,
                 macc=0.5, allacc=0.8, best_miou=0.42)
-        time.sleep(0.25)                 # past min_refresh_s
-        smp = samples(get(srv.url + "/metrics")[2])
+        smp = eventually(lambda: samples(get(srv.url + "/metrics")[2]),
+                         lambda smp: value(smp, "pspnet_global_step", **lab1) == 5)    # within a poll interval
         assert value(smp, "pspnet_step_time_seconds", **lab1) == 0.8
         assert value(smp, "pspnet_global_step", **lab1) == 5
         assert value(smp, "pspnet_step_duration_seconds_count", **lab1) == 5
@@ -367,8 +349,8 @@ def test_server_on_missing_job_dir_answers_and_picks_the_job_up_later(tmp_path):
         assert "pspnet_step_time_seconds" not in names(samples(body))     # no device known yet
         jw = JobWriter(tmp_path / "later", job="later", ranks=1)
         jw.steps(0, 1, 1, 0.3)
-        time.sleep(0.25)
-        smp = samples(get(srv.url + "/metrics")[2])
+        smp = eventually(lambda: samples(get(srv.url + "/metrics")[2]),
+                         lambda smp: "pspnet_step_time_seconds" in names(smp))
         assert value(smp, "pspnet_step_time_seconds", job="later", rank="0") == 0.3
     finally:
         srv.close()
@@ -468,9 +450,9 @@ def test_local_process_stats_finds_live_ranks_of_this_host_only():
     assert set(stats) == {("j", 0)}
     assert stats[("j", 0)]["pid"] == me and stats[("j", 0)]["cpu_seconds"] > 0 and stats[("j", 0)]["rss_bytes"] > 1e6
     # exported per (job, rank), while "up" still follows event recency (standalone: not every rank is local)
-    c = PspnetCollector(lambda: jobs, process_stats=LocalProcessStats(lambda: jobs, hostnames=["thishost"]),
+    c = Metrics(lambda: jobs, process_stats=LocalProcessStats(lambda: jobs, hostnames=["thishost"]),
                         live_from_process_stats=False, clock=lambda: now)
-    smp = samples(TextRenderer().render(c.families()))
+    smp = samples(c.render())
     assert value(smp, "pspnet_process_resident_memory_bytes", job="j", rank="0") > 1e6
     assert [k for k in smp if k[0] == "pspnet_process_cpu_seconds_total"] == [
         k for k in smp if k[0] == "pspnet_process_cpu_seconds_total" and ("rank", "0") in k[1]]
@@ -482,12 +464,12 @@ def test_launcher_process_table_decides_up_for_its_hosts_and_recency_for_others(
     devs = {0: device(0, host="a", last_event_ts=now), 1: device(1, host="a", last_event_ts=now),
             2: device(2, host="b", last_event_ts=now), 3: device(3, host="b", last_event_ts=now - 1000)}
     procs = {0: {"pid": 5, "cpu_seconds": 1.0, "rss_bytes": 1.0}}          # rank 1's process on host a is gone
-    c = PspnetCollector(lambda: [JobSummary(job="j", devices=devs)], process_stats=lambda: procs,
+    c = Metrics(lambda: [JobSummary(job="j", devices=devs)], process_stats=lambda: procs,
                         stale_after_s=300, clock=lambda: now)
-    smp = samples(TextRenderer().render(c.families()))
+    smp = samples(c.render())
     assert [value(smp, "pspnet_up", rank=str(r)) for r in range(4)] == [1, 0, 1, 0]
     procs.clear()                                                            # every local rank ended
-    smp = samples(TextRenderer().render(c.families()))
+    smp = samples(c.render())
     assert value(smp, "pspnet_up", rank="0") == 0 and value(smp, "pspnet_up", rank="2") == 1
 
 
@@ -516,13 +498,14 @@ def _jobs(draw):
         name = draw(_text)
         devs = {}
         for r in draw(st.lists(st.integers(0, 50), max_size=4, unique=True)):
-            hist = [(draw(st.one_of(st.none(), st.floats(0, 1e9))), draw(_floats)) for _ in range(draw(st.integers(0, 3)))]
+            buckets = draw(st.one_of(st.just([]), st.lists(st.integers(0, 10 ** 9), min_size=13, max_size=13)))
             devs[r] = DeviceState(job=name, rank=r, device=draw(st.one_of(st.none(), st.integers(0, 15))), host=draw(_text),
                                   state=draw(st.sampled_from(["running", "failed", "weird", ""])),
                                   step_time_s=draw(_floats), loss=draw(_floats), miou=draw(_floats),
                                   images_per_s=draw(_floats), epoch=draw(st.integers(0, 5)),
                                   last_event_ts=draw(st.one_of(st.none(), st.floats(0, 2e9))),
-                                  straggler=draw(st.booleans()), step_time_history=hist)
+                                  straggler=draw(st.booleans()), step_time_buckets=buckets,
+                                  step_time_sum_s=draw(st.floats(0, 1e12)))
         jobs.append(JobSummary(job=name, state=draw(st.sampled_from(["running", "odd"])), devices=devs,
                                restarts=draw(st.integers(0, 5)), total_images_per_s=draw(_floats)))
     return jobs
@@ -531,11 +514,9 @@ def _jobs(draw):
 @settings(max_examples=60, deadline=None)
 @given(_jobs())
 def test_any_state_renders_to_valid_text_identical_to_generate_latest(jobs):
-    c = PspnetCollector(lambda: jobs, clock=lambda: 1e9, host="h")
-    reg = CollectorRegistry()
-    reg.register(c)
-    expected = generate_latest(reg)
-    assert TextRenderer().render(c.families()) == expected
+    c = Metrics(lambda: jobs, clock=lambda: 1e9, host="h")
+    expected = generate_latest(c.registry)
+    assert c.render() == expected
     list(text_string_to_metric_families(expected.decode()))      # parses back
 
 
@@ -550,18 +531,20 @@ def test_exporter_serves_plain_text_logs_of_other_tools(fixtures_dir):
 
 
 def test_one_failing_job_does_not_hide_the_others(tmp_path):
-    from monitoring.exporter import JobsSource
+    from monitoring.exporter import Exporter, FollowedJobs
     JobWriter(tmp_path / "a", job="a", ranks=1).steps(0, 1, 2, 0.1)
     JobWriter(tmp_path / "b", job="b", ranks=1).steps(0, 1, 2, 0.2)
-    src = JobsSource([tmp_path / "a", tmp_path / "b"], min_refresh_s=0)
+    src = FollowedJobs([tmp_path / "a", tmp_path / "b"])
+    src.poll()
     assert [j.job for j in src()] == ["a", "b"]
 
     def broken():
         raise PermissionError("events/rank_0.jsonl: permission denied")
     src.monitors[1].poll = broken
-    assert [j.job for j in src()] == ["a", "b"]          # b: the last state known
+    src.poll()
+    assert [j.job for j in src()] == ["a", "b"]          # b: what was read before
+    assert src()[1].devices[0].steps_seen == 2
     assert "permission denied" in src.errors[1]
-    from monitoring.exporter import Exporter
     exp = Exporter(src, port=0)                           # what /api/state answers (the page shows it)
     try:
         st = exp.state()

@@ -35,8 +35,8 @@ def test_line_parsers_never_raise(data):
 @given(st.one_of(st.binary(max_size=2000), lines_text.map(lambda t: t.encode("utf-8", "surrogatepass"))))
 def test_aggregator_chunks_never_raise(data):
     agg = Aggregator()
-    agg.feed_event_chunk(data)
-    agg.feed_event_chunk(data * 70)           # big enough for the fast path's checks
+    agg.feed_lines(data)
+    agg.feed_lines(data * 70)
     s = agg.snapshot()
     s.to_dict()
     for r in s.devices:
