@@ -14,6 +14,7 @@ the task id for the launcher.  Control lines for the launcher start with ``CONTR
 
     @@pspnet-slurm pid <pid> <node> <step id>     the rank's process exists
     @@pspnet-slurm exit <code>                    the rank ended (subprocess code: -9 = SIGKILL)
+    @@pspnet-slurm stats <cpu seconds> <rss bytes> the rank's process tree, every STATS_EVERY seconds
     @@pspnet-slurm sched <line>                   a line of the scheduler's output (task 0)
     @@pspnet-slurm sched-pid <pid> / sched-exit <code>
 
@@ -35,12 +36,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from cluster.contracts.env import RankEnv
 from cluster.proc import child_setup, pump_lines
 
 CONTROL = "@@pspnet-slurm "
+#: seconds between two CPU/memory reports of a rank (the launcher's metrics exporter shows them)
+STATS_EVERY = 5.0
 
 _write_lock = threading.Lock()
 
@@ -70,6 +74,32 @@ def _pump(proc: subprocess.Popen, prefix: str) -> threading.Thread:
                          daemon=True)
     t.start()
     return t
+
+
+def _report_stats(proc: subprocess.Popen, every: float) -> None:
+    """CPU seconds and resident memory of the rank and its children, until it ends."""
+    def run() -> None:
+        try:
+            import psutil
+            p = psutil.Process(proc.pid)
+        except Exception:  # noqa: BLE001 - no figures, nothing else lost
+            return
+        while proc.poll() is None:
+            try:
+                procs = [p, *p.children(recursive=True)]
+                cpu = rss = 0.0
+                for q in procs:
+                    try:
+                        t = q.cpu_times()
+                        cpu += t.user + t.system
+                        rss += q.memory_info().rss
+                    except psutil.Error:
+                        continue
+                emit(f"{CONTROL}stats {cpu:.3f} {int(rss)}")
+            except psutil.Error:
+                return
+            time.sleep(every)
+    threading.Thread(target=run, daemon=True).start()
 
 
 def _status(code: int) -> int:
@@ -115,6 +145,7 @@ def run(attempt_file: str) -> int:
     proc = _start(entry, piped=sched is not None)
     emit(f"{CONTROL}pid {proc.pid} {node} {os.environ.get('SLURM_STEP_ID', '')}")
     pump = _pump(proc, "") if sched else None
+    _report_stats(proc, float(attempt.get("stats_every", STATS_EVERY)))
     code = proc.wait()
     if pump is not None:
         pump.join(5.0)

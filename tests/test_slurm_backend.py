@@ -51,6 +51,9 @@ def test_four_ranks_on_two_nodes_as_one_step(slurm_cluster, tmp_path):
         assert {e["host"] for e in evs} == {"node1" if r < 2 else "node2"}
         assert [e["global_step"] for e in evs if e["event"] == "step"] == [1, 2, 3]
     assert "fake scheduler" in (job / "logs" / "scheduler.log").read_text()
+    # each task reports its rank's CPU and memory (the metrics exporter's per-rank figures)
+    assert sorted(out["stats"]) == ["0", "1", "2", "3"]
+    assert all(s["rss_bytes"] > 1e6 and s["cpu_seconds"] >= 0 for s in out["stats"].values())
 
 
 def test_a_killed_rank_takes_the_step_down_and_is_named(slurm_cluster, tmp_path):

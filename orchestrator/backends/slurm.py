@@ -39,6 +39,7 @@ from orchestrator.backends.base import Backend, write_local_files
 
 if TYPE_CHECKING:
     from cluster.devices import Server
+    from orchestrator.backends.base import RankStats
     from cluster.slurm import SlurmEnv
     from orchestrator.jobspec import JobSpec
     from orchestrator.jobstate import JobState
@@ -100,6 +101,7 @@ class TaskHandle:
         self.pid: Optional[int] = None
         self.node: Optional[str] = None
         self.code: Optional[int] = None
+        self.usage: Optional[Tuple[float, int]] = None      # (cpu seconds, rss bytes) its task reported
         self._done = threading.Event()
         self._rfd, self._wfd = os.pipe()
 
@@ -213,6 +215,9 @@ class SlurmStep:
                 self.started.set()
         elif kind == "exit" and h is not None:
             h.set_exit(int(rest))
+        elif kind == "stats" and h is not None:
+            cpu, rss = rest.split()
+            h.usage = (float(cpu), int(rss))
 
     def _line(self, text: str) -> None:
         from cluster.slurm_task import CONTROL
@@ -525,6 +530,15 @@ class SlurmBackend(Backend):
     def checkpoints(self, ranks: Sequence[int]) -> Optional["ResumePoint"]:
         from orchestrator.restart_policy import local_checkpoint_lookup
         return local_checkpoint_lookup(self.spec.job_dir, ranks)    # the job dir is shared
+
+    def stats(self) -> "RankStats":
+        """CPU and memory of each live rank, as its task reports them every few seconds."""
+        out: "RankStats" = {}
+        for st in list(self._steps):
+            for h in st.by_task.values():
+                if h.code is None and h.usage is not None and h.pid is not None:
+                    out[h.spec.rank] = {"pid": h.pid, "cpu_seconds": h.usage[0], "rss_bytes": h.usage[1]}
+        return out
 
     def status(self, job: "JobState") -> Dict[str, Any]:
         data = read_slurm_json(str(job.job_dir))

@@ -35,14 +35,26 @@ def main() -> int:
                                   paths.rank_events(w.rank) if w.rank >= 0 else None) for w in workers}
         t0 = time.monotonic()
         handles = b.start_all(workers, sinks)
+        stats = {}
+
+        def sample():
+            while not stats.get("done"):
+                for r, st in b.stats().items():
+                    stats.setdefault(r, st)
+                time.sleep(0.2)
+        import threading
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         res = Supervisor(handles, sinks, failure_grace=0.3).run()
+        stats["done"] = True
         for h in handles.values():
             h.join_output(5.0)
         print("RESULT " + json.dumps({
             "servers": [s.host for s in servers], "rendezvous": [host, port], "outcome": res.outcome,
             "exit_codes": res.exit_codes, "failure": res.failure.to_dict() if res.failure else None,
             "group_down_s": res.group_down_s, "wall_s": time.monotonic() - t0,
-            "nodes": {n: h.node for n, h in handles.items()}, "srun": b.describe(plan, workers)[-1]}), flush=True)
+            "nodes": {n: h.node for n, h in handles.items()}, "srun": b.describe(plan, workers)[-1],
+            "stats": {str(r): v for r, v in stats.items() if r != "done"}}), flush=True)
     return 0
 
 
