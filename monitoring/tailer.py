@@ -70,6 +70,11 @@ class Tailer:
         f = self._files.get(Path(path))
         return 0 if f is None else f.offset
 
+    def pending(self, path: PathLike) -> bytes:
+        """The held-back last line of ``path`` that has no newline yet."""
+        f = self._files.get(Path(path))
+        return b"" if f is None else f.partial
+
     def poll(self) -> List[Chunk]:
         self.last_bytes = 0
         out = []

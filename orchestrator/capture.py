@@ -2,8 +2,8 @@
 
 Every line goes to ``logs/<name>.log``; event lines (``@pspnet {...}``) also go, marker removed, to
 ``events/<name>.jsonl`` (ranks only).  The sink remembers what the supervisor needs (when the last
-event came, whether the rank got past graph compilation, its last lines) and what the console shows
-(epoch/step, loss, step time), and forwards each line to an optional listener (the console).
+event came, whether the rank got past graph compilation, its last lines) and forwards each line to an
+optional listener (the console, and the exporter's in-memory feed).
 Files are appended to, so a restarted attempt continues the same files (events carry ``attempt``).
 
 Faults: the event is noted (the heartbeat the hang check reads) before anything is written, so a
@@ -137,7 +137,6 @@ class RankSink:
         self.last_output = self.created
         self.last_event: Optional[float] = None      # monotonic time of the last event
         self.past_compile: Optional[float] = None    # monotonic time of the first compiled/step event
-        self.progress: Dict[str, Any] = {}           # latest step/epoch fields, for the console
         self.closed = threading.Event()
         self._lock = threading.Lock()
         if header:
@@ -178,18 +177,8 @@ class RankSink:
         kind = ev.get("event")
         if kind in ("compiled", "step") and self.past_compile is None:
             self.past_compile = now
-        if kind == "step":
-            for k in ("epoch", "step", "steps_per_epoch", "global_step", "loss", "step_time_s", "images_per_s"):
-                if k in ev:
-                    self.progress[k] = ev[k]
-        elif kind == "epoch":
-            for k in ("miou", "val_loss", "best_miou"):
-                if ev.get(k) is not None:
-                    self.progress[k] = ev[k]
-        elif kind in ("finished", "error", "resumed", "start", "checkpoint"):
-            self.progress["last"] = kind
-            if kind == "error":
-                self.tail.append(saved_line(f"error event: {ev.get('message')} ({ev.get('where')})"))
+        if kind == "error":
+            self.tail.append(saved_line(f"error event: {ev.get('message')} ({ev.get('where')})"))
 
     @property
     def fault(self) -> Optional[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List
+from typing import Any, Deque, Dict, Iterable, List
 
 from cluster.contracts.exitcodes import HELP as EXIT_CODES, ExitCode
 from cluster.contracts.jobjson import JobJsonError
@@ -335,33 +335,27 @@ def _finite(value: Any, default: float) -> float:
 # ---------------------------------------------------------------- status
 
 def _last_progress(job_dir: str, world_size: int) -> Dict[str, Dict[str, Any]]:
-    """Per rank: the last step event (read from the tail of its events file)."""
+    """Per rank: its progress as the tail of its events file tells it (the last step, the last event)."""
     from cluster.contracts.jobdir import JobPaths
     from cluster.contracts.events import parse_line
+    from monitoring.progress import Progress
     paths = JobPaths(job_dir)
     out: Dict[str, Dict[str, Any]] = {}
     for r in range(world_size):
-        path = paths.rank_events(r)
         try:
-            with open(path, "rb") as fh:
-                fh.seek(0, 2)
-                size = fh.tell()
-                fh.seek(max(0, size - 65536))
+            with open(paths.rank_events(r), "rb") as fh:
+                fh.seek(max(0, fh.seek(0, 2) - 65536))
                 lines = fh.read().splitlines()
         except OSError:
             continue
+        p = Progress(r)
+        p.fold([ev for ev in map(parse_line, lines) if ev is not None])
         last: Dict[str, Any] = {}
-        for raw in reversed(lines):
-            ev = parse_line(raw)
-            if ev is None:
-                continue
-            if not last:
-                last["last_event"] = ev.get("event")
-                last["ts"] = ev.get("ts")
-            if ev.get("event") == "step":
-                for k in ("attempt", "epoch", "step", "steps_per_epoch", "global_step", "loss", "step_time_s"):
-                    last[k] = ev.get(k)
-                break
+        if p.last_event is not None:
+            last = {"last_event": p.last_event, "ts": p.last_event_ts}
+        if p.steps_seen:
+            last.update({k: getattr(p, k) for k in ("attempt", "epoch", "step", "steps_per_epoch", "global_step",
+                                                     "loss", "step_time_s")})
         out[str(r)] = last
     return out
 
@@ -454,8 +448,10 @@ def _format_status(d: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- logs
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    import collections
     import time
     from pathlib import Path
+    from monitoring.tailer import Tailer
     from cluster.contracts.jobdir import JobPaths
     from cluster.contracts.jobdir import job_running
     from orchestrator.jobstate import JobState
@@ -472,49 +468,40 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if r < 0 or r >= int(state.data.get("world_size") or 0):
             return _err("logs", f"--rank {r}: the job has ranks 0..{int(state.data.get('world_size') or 0) - 1}")
         files.append(paths.rank_log(r))
-    prefix = len(files) > 1
-    offsets: Dict[Path, int] = {}
+    tag = {f: f"[{f.stem}] " if len(files) > 1 else "" for f in files}
     out = sys.stdout
+    tailer = Tailer()
     for f in files:
-        try:
-            data = f.read_bytes()
-        except OSError:
-            data = b""
-        offsets[f] = len(data)
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        if args.lines:
-            lines = lines[-args.lines:]
+        tailer.add(f)
+
+    def write(path: Path, lines: Iterable[bytes]) -> None:
         for line in lines:
-            out.write((f"[{f.stem}] " if prefix else "") + line + "\n")
+            out.write(tag[path] + line.decode("utf-8", errors="replace") + "\n")
+
+    first: Dict[Path, Deque[bytes]] = {f: collections.deque(maxlen=args.lines or None) for f in files}
+    while True:                                  # what the logs hold now (a big log comes in pieces)
+        for chunk in tailer.poll():
+            first[chunk.path].extend(chunk.data[:-1].split(b"\n"))
+        if tailer.last_bytes == 0:
+            break
+    for f in files:
+        lines = list(first[f])
+        if not args.follow and tailer.pending(f):         # following: it is printed once complete
+            lines.append(tailer.pending(f))
+        write(f, lines[-args.lines:] if args.lines else lines)
     out.flush()
     if not args.follow:
         return 0
-    partial: Dict[Path, str] = {f: "" for f in files}
     ending = False
     try:
         while True:
-            any_new = False
-            for f in files:
-                try:
-                    with open(f, "rb") as fh:
-                        fh.seek(offsets.get(f, 0))
-                        chunk = fh.read()
-                except OSError:
-                    continue
-                if not chunk:
-                    continue
-                any_new = True
-                offsets[f] = offsets.get(f, 0) + len(chunk)
-                text = partial[f] + chunk.decode("utf-8", errors="replace")
-                *complete, partial[f] = text.split("\n")
-                for line in complete:
-                    out.write((f"[{f.stem}] " if prefix else "") + line + "\n")
+            for chunk in tailer.poll():
+                write(chunk.path, chunk.data[:-1].split(b"\n"))
             out.flush()
-            if not any_new:
+            if tailer.last_bytes == 0:
                 if ending:            # one more read after the end was seen: nothing written in between is lost
-                    for f, rest in partial.items():
-                        if rest:
-                            out.write((f"[{f.stem}] " if prefix else "") + rest + "\n")
+                    for f in files:
+                        write(f, [tailer.pending(f)] if tailer.pending(f) else [])
                     out.flush()
                     return 0
                 try:

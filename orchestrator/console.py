@@ -12,25 +12,26 @@ import threading
 import time
 from typing import IO, Any, Dict, Iterable, Optional, Set
 
+from monitoring.progress import Progress
+
 PLAIN_EVERY_S = 2.0
 REDRAW_EVERY_S = 0.5
 
 
-def _fmt_progress(name: str, p: Dict[str, Any]) -> str:
-    if not p:
+def _fmt_progress(name: str, p: Progress) -> str:
+    if p.last_event is None:
         return f"{name:>9}  starting"
     parts = [f"{name:>9}"]
-    if "epoch" in p:
-        spe = p.get("steps_per_epoch")
-        parts.append(f"epoch {p['epoch']} step {p.get('step', '?')}" + (f"/{spe}" if spe else ""))
-    if p.get("loss") is not None:
-        parts.append(f"loss {float(p['loss']):.4f}")
-    if p.get("step_time_s") is not None:
-        parts.append(f"{float(p['step_time_s']):.3f} s/step")
-    if p.get("miou") is not None:
-        parts.append(f"mIoU {float(p['miou']):.4f}")
-    if p.get("last") in ("finished", "error", "resumed"):
-        parts.append(p["last"])
+    if p.steps_seen or p.epoch:
+        parts.append(f"epoch {p.epoch} step {p.step}" + (f"/{p.steps_per_epoch}" if p.steps_per_epoch else ""))
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.4f}")
+    if p.step_time_s is not None:
+        parts.append(f"{p.step_time_s:.3f} s/step")
+    if p.miou is not None:
+        parts.append(f"mIoU {p.miou:.4f}")
+    if p.last_event in ("finished", "error", "resumed"):
+        parts.append(p.last_event)
     return "  ".join(parts)
 
 
@@ -43,7 +44,7 @@ class Console:
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
         self.lock = threading.Lock()
-        self.progress: Dict[str, Dict[str, Any]] = {}
+        self.progress: Dict[str, Progress] = {}
         self._last_plain: Dict[str, float] = {}
         self._drawn = 0
         self._dirty = False
@@ -83,18 +84,12 @@ class Console:
             return
         kind = event.get("event")
         with self.lock:
-            p = self.progress.setdefault(name, {})
-            if kind == "step":
-                for k in ("epoch", "step", "steps_per_epoch", "loss", "step_time_s"):
-                    if k in event:
-                        p[k] = event[k]
-                p.pop("last", None)
-            elif kind == "epoch" and event.get("miou") is not None:
-                p["miou"] = event["miou"]
-            elif kind in ("finished", "error", "resumed"):
-                p["last"] = kind
-            else:
-                return
+            p = self.progress.get(name)
+            if p is None:
+                p = self.progress[name] = Progress()
+            p.apply(event)
+            if kind not in ("step", "finished", "error", "resumed") and (kind != "epoch" or event.get("miou") is None):
+                return                         # nothing the board shows changed
             if self.tty:
                 self._dirty = True
                 return
@@ -108,7 +103,7 @@ class Console:
     def start(self, names: Iterable[str]) -> None:
         for n in names:
             if self._wanted(n) and n.startswith("rank_"):
-                self.progress.setdefault(n, {})
+                self.progress.setdefault(n, Progress())
         if self.view == "progress" and self.tty:
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="console", daemon=True)

@@ -40,6 +40,7 @@ class JobRunner:
         self.spec = plan.spec
         self.state = state
         self.console = console or Console("quiet")
+        self.listener = self.console.listener        # what every sink forwards its lines to
         if launcher is None and self.spec.hosts:   # issue 5: ranks on other hosts, over SSH
             from orchestrator.multihost import remote_launcher_and_lookup
             launcher, lookup = remote_launcher_and_lookup(plan, self.console.info)
@@ -106,8 +107,15 @@ class JobRunner:
             self.console.info("warning: --metrics-port given but monitoring/exporter.py is not available; "
                               "no metrics endpoint")
             return None
+        # fed the lines the sinks already read (no second reading of the files it is written into)
         server = serve(self.spec.job_dir, host=self.spec.metrics_host, port=self.spec.metrics_port,
-                       process_stats=self.process_stats)
+                       process_stats=self.process_stats, live=True)
+        console, feed = self.console.listener, server.sink
+
+        def listener(name: str, text: str, event: Optional[Dict[str, Any]]) -> None:
+            feed(name, text, event)
+            console(name, text, event)
+        self.listener = listener
         self.console.info(f"metrics: {getattr(server, 'url', self.spec.metrics_port)}")
         return server
 
@@ -180,7 +188,7 @@ class JobRunner:
             sinks[s.name] = RankSink(
                 s.name, self.paths.rank_log(s.rank) if is_rank else self.paths.scheduler_log,
                 self.paths.rank_events(s.rank) if is_rank else None,
-                listener=self.console.listener, header=header)
+                listener=self.listener, header=header)
         rendezvous = None
         if self.plan.mode == "dynamic":
             env = RankEnv.from_env(specs[0].env)

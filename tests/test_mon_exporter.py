@@ -552,3 +552,53 @@ def test_one_failing_job_does_not_hide_the_others(tmp_path):
         assert any("permission denied" in e for e in st["errors"])
     finally:
         exp.close()
+
+
+# ------------------------------------------------------------------ inside `launch`: fed in memory
+
+def test_launch_exporter_shows_the_lines_it_is_handed_and_the_history_of_earlier_launches(tmp_path):
+    from cluster.contracts.events import MARKER
+    jw = JobWriter(tmp_path / "job", job="job", ranks=2)
+    jw.steps(0, 1, 3, 0.2)                               # written by an earlier launch (then `resume`)
+    with serve(tmp_path / "job", port=0, npu_reader=None, live=True, process_stats=lambda: {}) as srv:
+        for rank, g in ((0, 4), (0, 5), (1, 1), (1, 2)):
+            jw.steps(rank, g, 1, 0.3)                    # the launcher's sink writes the file...
+            with open(tmp_path / "job" / "events" / f"rank_{rank}.jsonl", "rb") as fh:
+                line = fh.read().splitlines()[-1].decode()
+            srv.sink(f"rank_{rank}", MARKER + line, json.loads(line))   # ...and hands the line over
+        srv.sink("rank_1", "a plain log line", None)
+        (tmp_path / "job" / "events" / "rank_1.jsonl").unlink()          # what the files hold does not matter
+        smp = samples(get(srv.url + "/metrics")[2])
+    assert value(smp, "pspnet_steps_total", rank="0") == 5                # 3 read once + 2 handed over
+    assert value(smp, "pspnet_steps_total", rank="1") == 2
+    assert value(smp, "pspnet_global_step", rank="1") == 2
+    assert value(smp, "pspnet_step_duration_seconds_count", rank="0") == 5
+
+
+def test_exporter_answers_200_concurrent_clients(tmp_path):
+    import threading
+    jw = JobWriter(tmp_path / "job", ranks=8)
+    for r in range(8):
+        jw.steps(r, 1, 50, 0.2)
+    results = []
+    with serve(tmp_path / "job", port=0, npu_reader=None) as srv:
+        get(srv.url + "/metrics")
+        go = threading.Event()
+
+        def client(path):
+            go.wait(30)
+            t0 = time.monotonic()
+            try:      # a listen backlog of 5 left ~30-40 % of these waiting 7 s for SYN retries
+                code = get(srv.url + path, timeout=6)[0]
+            except OSError as exc:
+                code = repr(exc)
+            results.append((path, code, time.monotonic() - t0))
+        threads = [threading.Thread(target=client, args=("/healthz" if i % 2 else "/metrics",)) for i in range(200)]
+        for t in threads:
+            t.start()
+        go.set()
+        for t in threads:
+            t.join(60)
+    assert len(results) == 200
+    failed = [r for r in results if r[1] != 200]
+    assert not failed, failed[:5]
