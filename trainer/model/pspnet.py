@@ -84,24 +84,45 @@ class PSPNet(nn.Cell):
         return main
 
 
-def init_weights(net: nn.Cell, seed: int = 0) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs, zero biases, BN gamma 1 / beta 0, from a NumPy generator.
+#: standard deviation of the two classifier convs at initialisation (the mmseg/semseg convention)
+CLASSIFIER_STD = 0.01
 
-    Drawn on the host from ``seed`` alone, so the result does not depend on MindSpore's global RNG.
+
+def init_weights(net: nn.Cell, seed: int = 0) -> None:
+    """Kaiming-normal (fan_out, ReLU) convs, BN gamma 1 / beta 0, drawn on the host from ``seed`` alone
+    (independent of MindSpore's global RNG), with two exceptions that keep the first steps sane:
+
+    - the classifiers (``head.classifier``, ``aux_head.classifier``) are N(0, 0.01) with zero bias.  Drawn
+      like the other convs (std sqrt(2/fan_out) = 0.31 for 21 classes) the first logits have a standard
+      deviation near 5: the run starts at a loss of 10-25 instead of the chance value (1.4 ln 21 = 4.26
+      with the aux head), the first gradients are huge, and the conv weights in front of every BatchNorm
+      grow by orders of magnitude within a few steps.  Training-mode BN hides that (it renormalises each
+      batch), but the running statistics lag behind it and the eval-mode loss comes out 1e4-1e6 times
+      the training loss;
+    - the last BN of each bottleneck starts with gamma 0, so every residual block starts as the identity
+      (or its projection) and the residual stream does not grow with depth at step 0.
     """
+    from .resnet import Bottleneck
     rng = np.random.default_rng(int(seed))
-    for name, cell in net.cells_and_names():
+    classifiers = {id(net.head.classifier)}
+    if getattr(net, "use_aux", False):
+        classifiers.add(id(net.aux_head.classifier))
+    zero_gamma = {id(cell.bn3) for _, cell in net.cells_and_names() if isinstance(cell, Bottleneck)}
+    for _, cell in net.cells_and_names():
         if isinstance(cell, nn.Conv2d):
             shape = tuple(cell.weight.shape)
-            fan_out = shape[0] * int(np.prod(shape[2:]))
-            std = math.sqrt(2.0 / fan_out)
+            if id(cell) in classifiers:
+                std = CLASSIFIER_STD
+            else:
+                std = math.sqrt(2.0 / (shape[0] * int(np.prod(shape[2:]))))
             w = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
             cell.weight.set_data(Tensor(w))
             if cell.has_bias:
                 cell.bias.set_data(Tensor(np.zeros(tuple(cell.bias.shape), np.float32)))
         elif isinstance(cell, (nn.BatchNorm2d, nn.SyncBatchNorm)):
             ch = tuple(cell.gamma.shape)
-            cell.gamma.set_data(Tensor(np.ones(ch, np.float32)))
+            gamma = np.zeros(ch, np.float32) if id(cell) in zero_gamma else np.ones(ch, np.float32)
+            cell.gamma.set_data(Tensor(gamma))
             cell.beta.set_data(Tensor(np.zeros(ch, np.float32)))
             cell.moving_mean.set_data(Tensor(np.zeros(ch, np.float32)))
             cell.moving_variance.set_data(Tensor(np.ones(ch, np.float32)))
