@@ -70,16 +70,15 @@ def worker_specs(hosts, ranks_per_host, job_dir, remote):
     return specs
 
 
-def one_round(launcher, specs, kill_pid_of):
+def one_round(backend, specs, kill_pid_of):
     """Start, wait until all run, kill the last rank, supervise the teardown; then the same for stop."""
     from orchestrator.supervisor import Supervisor, stop_group
-    from orchestrator.workers import start_all
 
     out = {}
     # failure round
     sinks = {s.name: TimingSink() for s in specs}
     t0 = time.monotonic()
-    live = start_all(launcher, specs, sinks)
+    live = backend.start_all(specs, sinks)
     for s in sinks.values():
         if not s.got.wait(60):
             raise RuntimeError("a rank did not start within 60 s")
@@ -96,7 +95,7 @@ def one_round(launcher, specs, kill_pid_of):
         getattr(h, "close", lambda: None)()
     # stop round
     sinks = {s.name: TimingSink() for s in specs}
-    live = start_all(launcher, specs, sinks)
+    live = backend.start_all(specs, sinks)
     for s in sinks.values():
         s.got.wait(60)
     t1 = time.monotonic()
@@ -111,15 +110,17 @@ def one_round(launcher, specs, kill_pid_of):
 def bench_hosts(n_hosts: int, ranks_per_host: int, repeat: int):
     from sshd import SshdCluster
 
-    from cluster.preflight import run_preflight
-    from orchestrator.multihost import HostSession, RemoteLauncher
-    from orchestrator.workers import LocalLauncher
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.backends.ssh import SSHBackend
+    from orchestrator.jobspec import JobSpec
+    from orchestrator.plan import JobPlan, Placement
 
     tmp = Path(tempfile.mkdtemp(prefix="pspnet-bench-"))
     rows = {"remote": [], "local": []}
     pre = []
     floor = []
     with SshdCluster(tmp, n_hosts) as cluster:
+        hostfile = cluster.write_hostfile(tmp / "hosts.yaml", devices=str(ranks_per_host))
         hosts = cluster.host_specs(devices=str(ranks_per_host))
         job_dir = str(tmp / "job")
         from cluster import ssh
@@ -127,20 +128,22 @@ def bench_hosts(n_hosts: int, ranks_per_host: int, repeat: int):
         for _ in range(3):   # one `true` on an open connection: sshd session + the user's shell startup
             floor.append(ssh.run(conn, "true").seconds)
         conn.close()
+        spec = JobSpec(devices=str(ranks_per_host), hosts=str(hostfile), job_id="bench", job_dir=job_dir,
+                       cwd=str(ROOT), grace=5.0, backend="cpu", launcher="ssh")
+        plan = JobPlan(spec=spec, backend="cpu", mode="dynamic", base_argv=[], placements=[
+            Placement(rank=i, local_rank=i % ranks_per_host, device=i % ranks_per_host,
+                      host=hosts[i // ranks_per_host].name) for i in range(n_hosts * ranks_per_host)])
         for _ in range(repeat):
-            session = HostSession(hosts, "bench", job_dir)
-            t = time.monotonic()
-            r = run_preflight(hosts, session.conns(), backend="cpu")
-            pre.append(time.monotonic() - t)
-            if not r.ok:
-                raise SystemExit(r.summary())
-            launcher = RemoteLauncher(session, grace=5.0)
-            launcher.prepare()
-            rows["remote"].append(one_round(launcher, worker_specs(hosts, ranks_per_host, job_dir, True),
-                                            lambda h: h.pid))
-            session.close()
-            rows["local"].append(one_round(LocalLauncher(), worker_specs(hosts, ranks_per_host, job_dir, False),
-                                           lambda h: h.pid))
+            with SSHBackend(spec) as backend:
+                t = time.monotonic()
+                backend.discover()          # connect + probe every host, in parallel
+                pre.append(time.monotonic() - t)
+                backend.prepare(plan)
+                rows["remote"].append(one_round(backend, worker_specs(hosts, ranks_per_host, job_dir, True),
+                                                lambda h: h.pid))
+            with LocalBackend(spec) as backend:
+                rows["local"].append(one_round(backend, worker_specs(hosts, ranks_per_host, job_dir, False),
+                                               lambda h: h.pid))
     return pre, rows, med(floor)
 
 

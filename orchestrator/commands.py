@@ -22,6 +22,8 @@ examples:
   pspnet-cluster launch --devices 2 --stream --ranks 0   # rank 0's log lines on the console
   pspnet-cluster launch --devices 2 --cmd 'python my_train.py --lr 0.1'   # any MindSpore program
   pspnet-cluster launch --devices 8 --backend ascend --mode ranktable --hccn-conf /etc/hccn.conf
+  pspnet-cluster launch --hosts hosts.yaml --devices 8   # ranks on every host of the hostfile, over SSH
+  pspnet-cluster launch --launcher local --devices 2     # on this machine even inside a Slurm allocation
 
 The job lives in runs/<job-id>/ (job.json, logs/, events/, ckpt/, rank_table.json).
 
@@ -37,6 +39,8 @@ def add_commands(sub: Any) -> None:
                        epilog=LAUNCH_EPILOG, formatter_class=fmt)
     p.add_argument("--devices", help="device count (8) or list (0-3,6); on CPU: logical slots")
     p.add_argument("--hosts", help="hosts file for a multi-host job (see docs)")
+    p.add_argument("--launcher", metavar="{local,ssh,slurm}",
+                   help="where ranks run [ssh with --hosts, slurm inside a Slurm allocation, else local]")
     p.add_argument("--config", help="trainer config: name (smoke, voc2012, ade20k) or YAML path [smoke]")
     p.add_argument("--job-dir", help="job directory [runs/<job-id>]")
     p.add_argument("--job-id", help="job id [time-based]")
@@ -151,10 +155,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from cluster.contracts.jobdir import JobDirBusy
     from cluster.devices import ClusterInputError
     from orchestrator.jobspec import SpecError, check_job_dir_writable, resolve
+    from orchestrator.backends import choose_launcher, open_backend
     from orchestrator.plan import attempt_workers, describe_plan, resolve_plan
 
     cli: Dict[str, Any] = {
-        "devices": args.devices, "hosts": args.hosts, "config": args.config, "job_dir": args.job_dir,
+        "devices": args.devices, "hosts": args.hosts, "launcher": args.launcher, "config": args.config, "job_dir": args.job_dir,
         "job_id": args.job_id, "max_restarts": args.max_restarts, "hang_timeout": args.hang_timeout,
         "startup_timeout": args.startup_timeout, "grace": args.grace, "failure_grace": args.failure_grace, "backend": args.backend, "mode": args.mode,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "sched_port": args.sched_port,
@@ -170,31 +175,43 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if args.devices is None and not args.spec:
             raise SpecError("--devices is required (a count like 2, or a list like 0-3)")
         spec = resolve(cli, args.spec)
-        plan = resolve_plan(spec)
-        if args.dry_run:
-            print(describe_plan(plan, attempt_workers(plan, 0)))
-            print("dry run: nothing started")
-            return 0
-        check_job_dir_writable(spec.job_path)
-        lock = _own(spec.job_path)
-        check_job_dir_writable(spec.job_path)   # again under the lock: a launch that won the race owns it
-    except (SpecError, ClusterInputError, JobDirBusy) as exc:
+        spec.launcher = choose_launcher(spec.launcher, spec.hosts)
+        backend = open_backend(spec, console.info)
+    except (SpecError, ClusterInputError) as exc:
         return _err("launch", exc)
-    from orchestrator.jobstate import JobState
-    from orchestrator.runner import JobRunner
-    with lock:
-        state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
-        state.save()
-        return _run_launch(JobRunner, plan, state, console, spec)
+    with backend:
+        try:
+            plan = resolve_plan(spec, backend.discover())
+            if args.dry_run:
+                rendezvous = backend.rendezvous(plan, 0) if plan.mode == "dynamic" else None
+                workers = attempt_workers(plan, 0, rendezvous, node_view=backend.node_view)
+                print(describe_plan(plan, workers))
+                for line in backend.describe(plan, workers):
+                    print(line)
+                print("dry run: nothing started")
+                return 0
+            check_job_dir_writable(spec.job_path)
+            lock = _own(spec.job_path)
+            check_job_dir_writable(spec.job_path)   # again under the lock: a launch that won the race owns it
+        except (SpecError, ClusterInputError, JobDirBusy) as exc:
+            return _err("launch", exc)
+        from orchestrator.jobstate import JobState
+        from orchestrator.runner import JobRunner
+        with lock:
+            state = JobState.new(spec.to_dict(), plan.world_size, plan.config_sha)
+            state.save()
+            return _run_launch(JobRunner, plan, state, backend, console)
 
 
-def _run_launch(runner_cls: Any, plan: Any, state: Any, console: Any, spec: Any) -> int:
-    console.info(f"job {spec.job_id}: {plan.world_size} rank(s), {plan.backend}/{plan.mode}; job dir {spec.job_dir}")
+def _run_launch(runner_cls: Any, plan: Any, state: Any, backend: Any, console: Any) -> int:
+    spec = plan.spec
+    console.info(f"job {spec.job_id}: {plan.world_size} rank(s), {plan.backend}/{plan.mode}, "
+                 f"launcher {backend.name}; job dir {spec.job_dir}")
     import os
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if plan.backend == "cpu" and plan.world_size > cores:
+    if plan.backend == "cpu" and plan.world_size > cores and backend.name == "local":
         console.info(f"note: {plan.world_size} CPU ranks on {cores} core(s): they share cores and run slower")
-    return runner_cls(plan, state, console).run()
+    return runner_cls(plan, state, backend, console).run()
 
 
 def _own(job_dir: Any):
@@ -207,17 +224,11 @@ def _own(job_dir: Any):
         raise SpecError(f"{job_dir}: cannot lock the job dir ({exc.strerror or exc})") from None
 
 
-def _end_leftovers(job_dir: Any, data: Dict[str, Any]) -> List[int]:
-    """End the processes of this job that outlived their launcher (found by the environment tag every
-    rank and its children inherit); the pids ended."""
-    from cluster import proc
-    from cluster.contracts.env import RankEnv
-    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
-    job_id = data.get("job_id") or spec.get("job_id")
-    jd = data.get("job_dir") or spec.get("job_dir") or str(job_dir)
-    if not isinstance(job_id, str) or not isinstance(jd, str):
-        return []
-    return proc.end_processes(proc.tagged_processes(RankEnv(job_id=job_id, job_dir=jd).to_env()))
+def _backend_of(state: Any):
+    """The backend the job was launched with (job.json's spec), connecting nowhere yet."""
+    from orchestrator.backends import open_backend
+    from orchestrator.jobspec import JobSpec
+    return open_backend(JobSpec.from_dict(dict(state.data.get("spec") or {}), f"{state.job_dir}/job.json"))
 
 
 # ---------------------------------------------------------------- resume
@@ -226,10 +237,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from cluster.contracts.jobdir import JobDirBusy
     from cluster.devices import ClusterInputError
     from orchestrator.jobspec import JobSpec, SpecError
+    from orchestrator.backends import open_backend
     from orchestrator.jobstate import JobState
     from orchestrator.plan import resolve_plan
     from orchestrator.runner import JobRunner
     lock = None
+    backend = None
     try:
         console = _console(args)
         JobState.load(args.job_dir)          # a job dir at all, before anything is written into it
@@ -245,18 +258,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 raise SpecError("--max-restarts must be >= 0")
             spec.max_restarts = args.max_restarts
             state.data["spec"]["max_restarts"] = args.max_restarts
-        plan = resolve_plan(spec)
+        backend = open_backend(spec, console.info)
+        plan = resolve_plan(spec, backend.discover())
     except (JobJsonError, SpecError, ClusterInputError, JobDirBusy) as exc:
+        if backend is not None:
+            backend.close()
         if lock is not None:
             lock.release()
         return _err("resume", exc)
-    with lock:
-        left = _end_leftovers(args.job_dir, state.data)
-        if left:
-            console.info(f"ended {len(left)} process(es) of this job left by its previous launcher: "
-                         + ", ".join(map(str, left)))
+    with lock, backend:
+        for line in backend.end_strays(state):
+            console.info(line)
         console.info(f"resuming job {spec.job_id} (state was {state.state}, {len(state.attempts)} attempt(s) so far)")
-        return JobRunner(plan, state, console).run(resume_first=True)
+        return JobRunner(plan, state, backend, console).run(resume_first=True)
 
 
 # ---------------------------------------------------------------- stop
@@ -267,6 +281,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
     from cluster.contracts.jobdir import JobDirBusy, JobLock, job_running, read_launcher
+    from orchestrator.jobspec import SpecError
     from orchestrator.jobstate import JobState
     from orchestrator.runner import STOP_REQUEST_FILE
     try:
@@ -308,9 +323,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     try:
         with JobLock(args.job_dir).acquire(wait=0.5):   # nobody may start the job while we tidy up
             state = JobState.load(args.job_dir)
-            left = _end_leftovers(args.job_dir, state.data)
-            if left:
-                print(f"ended {len(left)} leftover process(es) of the job: {', '.join(map(str, left))}")
+            try:
+                with _backend_of(state) as backend:
+                    for line in backend.stop_leftovers(state):
+                        print(line)
+            except SpecError as exc:
+                print(f"pspnet-cluster stop: warning: leftover processes not checked: {exc}", file=sys.stderr)
             if not state.state.final:
                 state.data["message"] = "stopped by `pspnet-cluster stop` (launcher gone)"
                 state.data["exit_code"] = ExitCode.STOPPED
@@ -370,6 +388,14 @@ def _job_summary(job_dir: str) -> Dict[str, Any]:
     if not state.state.final and not alive:
         data["state_note"] = "launcher gone (killed?): `pspnet-cluster resume` continues the job"
     data["progress"] = _last_progress(job_dir, int(data.get("world_size") or 0))
+    from orchestrator.jobspec import SpecError
+    try:
+        with _backend_of(state) as backend:
+            data["launcher_kind"] = backend.name
+            data["launcher_status"] = backend.status(state)
+    except SpecError as exc:
+        data["launcher_kind"] = (data.get("spec") or {}).get("launcher") or None
+        data["state_note"] = data.get("state_note") or f"backend unavailable: {exc}"
     return data
 
 
@@ -417,8 +443,11 @@ def _format_status(d: Dict[str, Any]) -> str:
     lines = [f"job {d.get('job_id')}: {str(d.get('state')).upper()}"
              + (" (launcher running)" if d.get("launcher_alive") else ""),
              f"  dir: {d.get('job_dir')}",
-             f"  ranks: {d.get('world_size')}  devices: {spec.get('devices')}  backend: {spec.get('backend')}  "
+             f"  ranks: {d.get('world_size')}  devices: {spec.get('devices')}  launcher: {d.get('launcher_kind')}  "
+             f"backend: {spec.get('backend')}  "
              f"mode: {spec.get('mode')}  config: {spec.get('cmd') and ' '.join(spec['cmd']) or spec.get('config')}"]
+    for key, value in (d.get("launcher_status") or {}).items():
+        lines.append(f"  {key}: {value}")
     if d.get("state_note"):
         lines.append(f"  note: {d['state_note']}")
     if d.get("message"):

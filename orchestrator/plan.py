@@ -1,9 +1,10 @@
 """The launch plan: from a ``JobSpec`` to the processes of one attempt.
 
-``resolve_plan(spec)`` does every check that must pass before anything starts (devices exist,
-hccn.conf is well formed, the rank table is valid, the config resolves, the command exists, ports
-are free) and raises ``PlanError`` (bad input, exit 2) otherwise.  ``attempt_workers(plan, ...)``
-then turns the plan into ``WorkerSpec``s with the contract's environment for one attempt.
+``resolve_plan(spec, servers)`` takes the nodes and devices a backend discovered (orchestrator/backends/)
+and does every check that must pass before anything starts (the rank table is valid, the config
+resolves, the command exists, the metrics port is free); it raises ``PlanError`` (bad input, exit 2)
+otherwise and connects nowhere.  ``attempt_workers(plan, ...)`` then turns the plan into
+``WorkerSpec``s with the contract's environment for one attempt, as each node sees it.
 
 The environment of each process is a ``RankEnv`` (``cluster/contracts/env.py``): ranktable mode sets
 RANK_TABLE_FILE, dynamic mode the MindSpore scheduler variables (the scheduler process gets MS_SCHED).
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from cluster.contracts.env import MS_SCHED, MS_WORKER, RankEnv
 from cluster.proc import free_port, port_is_free
@@ -106,25 +107,9 @@ def resolve_command(spec: JobSpec, backend: str = "cpu") -> List[str]:
     return argv + list(spec.overrides)
 
 
-def _servers(spec: JobSpec, backend: str):
-    from cluster.devices import ClusterInputError, discover_local
-    try:
-        if spec.hosts:
-            try:
-                from orchestrator import multihost  # issue 5: SSH launcher
-            except ImportError:
-                raise PlanError("--hosts: the multi-host launcher (orchestrator/multihost.py) is not available "
-                                "in this build; run on one host without --hosts") from None
-            return multihost.resolve_servers(spec, backend)
-        return [discover_local(backend, devices=spec.devices, hccn_conf=spec.hccn_conf, npu_smi=spec.npu_smi,
-                               **spec.discover_options())]
-    except ClusterInputError as exc:
-        raise PlanError(str(exc)) from None
-
-
-def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
-    """Everything that must hold before a process starts; PlanError otherwise."""
-    servers = _servers(spec, spec.backend)
+def resolve_plan(spec: JobSpec, servers: Sequence[Any], check_config: bool = True) -> JobPlan:
+    """The plan from the spec and the discovered ``servers`` (``Backend.discover``): ranks numbered by
+    server, then device.  Connects nowhere and writes nothing; PlanError on bad input."""
     has_ips = any(d.ip for s in servers for d in s.devices)
     backend = spec.backend
     if backend == "auto":
@@ -161,9 +146,6 @@ def resolve_plan(spec: JobSpec, check_config: bool = True) -> JobPlan:
         bp = make_binding_plan(per_host)
         plan.binding = {int(k): list(v) for k, v in bp.cores_by_rank.items()}
         plan.binding_notes = list(bp.notes)
-    if spec.sched_port is not None and not port_is_free(spec.sched_port, spec.sched_host):
-        raise PlanError(f"--sched-port {spec.sched_port}: port is busy on {spec.sched_host}; pick another "
-                        "or leave it out (a free port is chosen)")
     if spec.metrics_port is not None and not port_is_free(spec.metrics_port, spec.metrics_host):
         raise PlanError(f"--metrics-port {spec.metrics_port}: port is busy on {spec.metrics_host}; pick another")
     if spec.uses_trainer and check_config:
@@ -179,30 +161,89 @@ def _host_label(host: str) -> str:
     return socket.gethostname() if host in ("localhost", "127.0.0.1", "") else host
 
 
-def attempt_workers(plan: JobPlan, attempt: int, sched_port: Optional[int] = None,
-                    resume: Optional[Mapping[int, str]] = None) -> List[WorkerSpec]:
-    """The processes of one attempt: the scheduler first (dynamic mode), then rank 0..N-1."""
+def _on_node(plan: JobPlan, view: Any) -> Callable[[str], str]:
+    """Maps a path under the job dir on this machine to the same path in the node's job dir."""
+    root = plan.spec.job_dir
+
+    def move(text: str) -> str:
+        if view is None or not root or view.job_dir == root:
+            return text
+        if text == root or text.startswith(root + "/"):
+            return view.job_dir + text[len(root):]
+        return text
+    return move
+
+
+def _node_argv(plan: JobPlan, view: Any) -> Tuple[str, ...]:
+    """The ranks' argv as a node runs it: its interpreter, its copy of the config, its job dir."""
+    move = _on_node(plan, view)
+    argv = [move(str(a)) for a in plan.base_argv]
+    if view is not None:
+        if argv and _is_python(argv[0]):
+            argv[0] = view.python
+        if view.config and plan.spec.uses_trainer and "--config" in argv[:-1]:
+            argv[argv.index("--config") + 1] = view.config
+    return tuple(argv)
+
+
+def _is_python(word: str) -> bool:
+    base = os.path.basename(word)
+    return word == sys.executable or base in ("python", "python3") or base.startswith("python3.")
+
+
+def attempt_workers(plan: JobPlan, attempt: int, rendezvous: Optional[Tuple[str, int]] = None,
+                    resume: Optional[Mapping[int, str]] = None,
+                    node_view: Optional[Callable[[str], Any]] = None) -> List[WorkerSpec]:
+    """The processes of one attempt: the scheduler first (dynamic mode), then rank 0..N-1.
+
+    ``rendezvous`` is the scheduler's (address, port) (``Backend.rendezvous``; default: ``--sched-host``
+    and ``--sched-port`` or a port free here).  ``node_view(host)`` (``Backend.node_view``) says how each
+    node sees the job: its job dir, interpreter, config copy and extra environment; without it every
+    node sees this machine's paths.  ``resume`` maps ranks to their checkpoint as their node sees it.
+    """
     spec = plan.spec
     n = plan.world_size
-    common = RankEnv(rank_size=n, job_dir=spec.job_dir, job_id=spec.job_id, attempt=attempt, backend=plan.backend)
+    views: Dict[str, Any] = {}
+
+    def view_of(host: str) -> Any:
+        if node_view is None:
+            return None
+        if host not in views:
+            views[host] = node_view(host)
+        return views[host]
+
+    def job_dir_on(host: str) -> str:
+        view = view_of(host)
+        return view.job_dir if view is not None else spec.job_dir
+
+    def env_on(host: str, rank_env: RankEnv) -> Dict[str, str]:
+        """The node's own extra environment under the job's variables."""
+        view = view_of(host)
+        base = {str(k): str(v) for k, v in (view.env if view is not None else {}).items()}
+        return {**base, **rank_env.to_env()}
+
+    common = RankEnv(rank_size=n, job_id=spec.job_id, attempt=attempt, backend=plan.backend)
     out: List[WorkerSpec] = []
     if plan.mode == "dynamic":
-        port = sched_port or spec.sched_port or free_port(spec.sched_host)
-        common = common.with_(sched_host=spec.sched_host, sched_port=port, worker_num=n)
+        sched_addr, port = rendezvous or (spec.sched_host, spec.sched_port or free_port(spec.sched_host))
+        common = common.with_(sched_host=str(sched_addr), sched_port=int(port), worker_num=n)
         sched_host = plan.placements[0].host
-        sched = common.with_(role=MS_SCHED, host=_host_label(sched_host))
-        out.append(WorkerSpec(rank=-1, local_rank=-1, device=None, argv=tuple(plan.base_argv),
-                              env=sched.to_env(), host=sched_host, cwd=spec.cwd or None, role=ROLE_SCHEDULER))
+        sched = common.with_(role=MS_SCHED, host=_host_label(sched_host), job_dir=job_dir_on(sched_host))
+        out.append(WorkerSpec(rank=-1, local_rank=-1, device=None, argv=_node_argv(plan, view_of(sched_host)),
+                              env=env_on(sched_host, sched), host=sched_host, cwd=spec.cwd or None,
+                              role=ROLE_SCHEDULER))
     for p in plan.placements:
         env = common.with_(rank=p.rank, device_id=p.device, local_rank=p.local_rank, host=_host_label(p.host),
+                           job_dir=job_dir_on(p.host),
                            resume=str(resume[p.rank]) if resume and p.rank in resume else None)
         if plan.mode == "dynamic":
             env = env.with_(role=MS_WORKER, node_id=p.rank)
         else:
-            env = env.with_(rank_table_file=str(Path(spec.job_dir) / "rank_table.json"))
+            env = env.with_(rank_table_file=str(Path(job_dir_on(p.host)) / "rank_table.json"))
         cores = plan.binding.get(p.local_rank)
-        out.append(WorkerSpec(rank=p.rank, local_rank=p.local_rank, device=p.device, argv=tuple(plan.base_argv),
-                              env=env.to_env(), host=p.host, cwd=spec.cwd or None,
+        out.append(WorkerSpec(rank=p.rank, local_rank=p.local_rank, device=p.device,
+                              argv=_node_argv(plan, view_of(p.host)), env=env_on(p.host, env), host=p.host,
+                              cwd=spec.cwd or None,
                               cpu_affinity=tuple(cores) if cores else None, role=ROLE_WORKER))
     return out
 

@@ -1,13 +1,13 @@
 """The owner loop of a job: attempts, supervision, restarts, job.json, signals.
 
-``JobRunner(plan, state, console).run()`` returns the launcher's exit code:
+``JobRunner(plan, state, backend, console).run()`` returns the launcher's exit code:
 0 all ranks succeeded, 1 the job failed (restarts used up), 130 stopped (SIGINT/SIGTERM/``stop``; the job
-stays resumable).  The pieces it drives are pluggable: ``launcher`` (where workers run; local by
-default), ``policy`` (restart decision and checkpoint lookup).
+stays resumable).  Where the workers run is the ``backend``'s business (orchestrator/backends/): it
+prepares the nodes, starts the workers, finds the checkpoints to resume from and measures the ranks;
+the runner never asks which kind it is.  ``policy`` decides about restarts.
 """
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -18,41 +18,34 @@ from cluster.contracts.env import RankEnv
 from cluster.contracts.exitcodes import ExitCode
 from cluster.contracts.jobdir import JobPaths, LauncherId
 from cluster.contracts.states import AttemptState, JobState as State
+from cluster.proc import signal_name
 from orchestrator.capture import RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState
+from orchestrator.backends.base import Backend
 from orchestrator.plan import JobPlan, attempt_workers
-from orchestrator.restart_policy import ResumePoint, RestartPolicy
-from cluster import proc
-from cluster.proc import free_port, signal_name
+from orchestrator.restart_policy import RestartPolicy
 from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor, stop_group
-from orchestrator.workers import (ROLE_SCHEDULER, LaunchError, LocalLauncher, WorkerHandle, WorkerLauncher,
-                                  WorkerSpec, start_all)
+from orchestrator.workers import ROLE_SCHEDULER, LaunchError, WorkerHandle, WorkerSpec
 
 STOP_REQUEST_FILE = "stop.request"
 
 
 class JobRunner:
-    def __init__(self, plan: JobPlan, state: JobState, console: Optional[Console] = None,
-                 launcher: Optional[WorkerLauncher] = None, policy: Optional[RestartPolicy] = None,
-                 stop: Optional[StopRequest] = None) -> None:
+    def __init__(self, plan: JobPlan, state: JobState, backend: Backend, console: Optional[Console] = None,
+                 policy: Optional[RestartPolicy] = None, stop: Optional[StopRequest] = None) -> None:
         self.plan = plan
         self.spec = plan.spec
         self.state = state
+        self.backend = backend
         self.console = console or Console("quiet")
         self.listener = self.console.listener        # what every sink forwards its lines to
-        if launcher is None and self.spec.hosts:   # issue 5: ranks on other hosts, over SSH
-            from orchestrator.multihost import remote_launcher_and_lookup
-            launcher, lookup = remote_launcher_and_lookup(plan, self.console.info)
-            policy = policy or RestartPolicy(self.spec.max_restarts, lookup)
-        self.launcher = launcher or LocalLauncher()
-        self.policy = policy or RestartPolicy(self.spec.max_restarts)
+        self.policy = policy or RestartPolicy(self.spec.max_restarts,
+                                              lambda _job_dir, ranks: backend.checkpoints(list(ranks)))
         self.stop = stop or StopRequest()
         self.paths = JobPaths(self.spec.job_dir).make()
         self.live: Dict[str, WorkerHandle] = {}
         self.results: List[AttemptResult] = []
-        #: what every process of this job carries in its environment (see cluster.proc.tagged_processes)
-        self.tag = RankEnv(job_id=self.spec.job_id, job_dir=self.spec.job_dir).to_env()
 
     # ------------------------------------------------------------ signals
     def _install_signals(self) -> Callable[[], None]:
@@ -73,31 +66,6 @@ class JobRunner:
         return restore
 
     # ------------------------------------------------------------ metrics
-    def process_stats(self) -> Dict[int, Dict[str, Any]]:
-        """{rank: {pid, cpu_seconds, rss_bytes}} of the live local ranks (for the metrics exporter)."""
-        import psutil
-        out: Dict[int, Dict[str, Any]] = {}
-        for h in list(self.live.values()):
-            if h.spec.role == ROLE_SCHEDULER or not h.spec.is_local or h.pid is None or h.poll() is not None:
-                continue
-            try:
-                p = psutil.Process(h.pid)
-                with p.oneshot():
-                    t = p.cpu_times()
-                    rss = p.memory_info().rss
-                cpu = t.user + t.system
-                for c in p.children(recursive=True):
-                    try:
-                        ct = c.cpu_times()
-                        cpu += ct.user + ct.system
-                        rss += c.memory_info().rss
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                continue
-            out[h.spec.rank] = {"pid": h.pid, "cpu_seconds": cpu, "rss_bytes": rss}
-        return out
-
     def _start_metrics(self):
         if self.spec.metrics_port is None:
             return None
@@ -109,7 +77,7 @@ class JobRunner:
             return None
         # fed the lines the sinks already read (no second reading of the files it is written into)
         server = serve(self.spec.job_dir, host=self.spec.metrics_host, port=self.spec.metrics_port,
-                       process_stats=self.process_stats, live=True)
+                       process_stats=self.backend.stats, live=True)
         console, feed = self.console.listener, server.sink
 
         def listener(name: str, text: str, event: Optional[Dict[str, Any]]) -> None:
@@ -136,15 +104,11 @@ class JobRunner:
                         "at": None, "message": "the launcher died while this attempt ran (killed?); its ranks "
                                                "died with it", "last_lines": []}
             self.state.set_launcher(LauncherId.current())
-            if self.plan.rank_table is not None:
-                from cluster.ranktable import write_rank_table
-                write_rank_table(self.paths.rank_table, self.plan.rank_table)
             metrics = self._start_metrics()
             restarts_done = 0
             resume_next = resume_first
             while True:
-                resume = self.policy.resume_point(self.spec.job_dir, self.plan.ranks) if resume_next else None
-                result = self._attempt(resume)
+                result = self._attempt(resume_next)
                 self.results.append(result)
                 if result.outcome == AttemptState.SUCCEEDED:
                     return self._end(State.SUCCEEDED, ExitCode.OK, "all ranks finished")
@@ -175,10 +139,28 @@ class JobRunner:
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _attempt(self, resume: Optional[ResumePoint]) -> AttemptResult:
+    def _launch_failure(self, attempt: int, exc: LaunchError, record: Optional[Dict[str, Any]]) -> AttemptResult:
+        failure = Failure(name="launcher", rank=None, reason="launch", exit_code=None, signal=None,
+                          at=time.time(), message=str(exc))
+        result = AttemptResult("failed", {}, failure=failure)
+        if record is None:
+            record = self.state.begin_attempt({"attempt": attempt, "mode": self.plan.mode, "rendezvous": None,
+                                               "resume": None, "ranks": {}})
+        self._record(record, result)
+        self._report(attempt, result)
+        return result
+
+    def _attempt(self, resume_first: bool) -> AttemptResult:
         attempt = self.state.next_attempt_number()
-        port = free_port(self.spec.sched_host) if self.plan.mode == "dynamic" and not self.spec.sched_port else None
-        specs = attempt_workers(self.plan, attempt, sched_port=port, resume=resume.paths if resume else None)
+        try:
+            # the nodes first: a lookup on remote nodes needs their job dirs, and a rendezvous their address
+            self.backend.prepare(self.plan)
+            resume = self.policy.resume_point(self.spec.job_dir, self.plan.ranks) if resume_first else None
+            rendezvous = self.backend.rendezvous(self.plan, attempt) if self.plan.mode == "dynamic" else None
+        except LaunchError as exc:
+            return self._launch_failure(attempt, exc, None)
+        specs = attempt_workers(self.plan, attempt, rendezvous, resume=resume.paths if resume else None,
+                                node_view=self.backend.node_view)
         header = f"=== pspnet-cluster: job {self.spec.job_id} attempt {attempt} " \
                  f"({time.strftime('%Y-%m-%d %H:%M:%S')})" + \
                  (f", resuming from global step {resume.global_step}" if resume else "") + " ==="
@@ -205,16 +187,11 @@ class JobRunner:
         elif attempt > 0:
             self.console.info(f"attempt {attempt}: no checkpoint every rank holds intact; starting from scratch")
         try:
-            self.live = start_all(self.launcher, specs, sinks)
+            self.live = self.backend.start_all(specs, sinks)
         except LaunchError as exc:
             for s in sinks.values():
                 s.close()
-            failure = Failure(name="launcher", rank=None, reason="launch", exit_code=None, signal=None,
-                              at=time.time(), message=str(exc))
-            result = AttemptResult(AttemptState.FAILED, {}, failure=failure)
-            self._record(record, result)
-            self._report(attempt, result)
-            return result
+            return self._launch_failure(attempt, exc, record)
         for name, h in self.live.items():
             record["ranks"][_key(h.spec)]["pid"] = h.pid
         self.state.save()
@@ -225,7 +202,7 @@ class JobRunner:
                          startup_timeout=self.spec.startup_timeout, grace=self.spec.grace,
                          failure_grace=self.spec.failure_grace, stop=self.stop)
         result = sup.run()
-        self._end_leftovers()
+        self.backend.end_attempt(self.live)
         for h in self.live.values():
             h.join_output(2.0)
             close = getattr(h, "close", None)
@@ -236,15 +213,6 @@ class JobRunner:
         self._record(record, result)
         self._report(attempt, result)
         return result
-
-    def _end_leftovers(self) -> None:
-        """Nothing a rank started may outlive its attempt, success included: every rank's process group
-        is killed, then whatever left its group (a new session, a double fork) is found by the job's
-        environment tag."""
-        for h in self.live.values():
-            h.kill()
-        if any(h.spec.is_local for h in self.live.values()):
-            proc.end_processes(proc.tagged_processes(self.tag))
 
     def _record(self, record: Dict[str, Any], result: AttemptResult) -> None:
         record["end"] = time.time()

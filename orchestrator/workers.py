@@ -1,9 +1,9 @@
 """The worker layer: what to start (``WorkerSpec``), how a started worker is driven (``WorkerHandle``),
-and who starts it (``WorkerLauncher``).
+and how a local one is started (``LocalLauncher``).
 
-The supervisor and the restart policy only ever see these three things, so a worker on another host
-plugs in by providing another launcher (orchestrator/multihost.py: an SSH launcher whose handles
-forward ``terminate``/``kill`` over the connection and feed the remote output into the same sink).
+The supervisor and the restart policy only ever see specs and handles, so a worker elsewhere plugs in
+through a backend (orchestrator/backends/: the SSH backend's handles forward ``terminate``/``kill``
+over the connection and feed the remote output into the same sink).
 
 Output: a launcher reads the worker's stdout+stderr (one merged stream) line by line and hands each
 line, as ``str`` without its newline, to the ``LineSink`` given at start; the sink splits events from
@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Dict, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 from cluster import proc as proc_ctl
 
@@ -105,12 +105,6 @@ class WorkerHandle(Protocol):
 
     def join_output(self, timeout: Optional[float] = None) -> None:
         """Wait until its output has been fully delivered to the sink."""
-
-
-class WorkerLauncher(Protocol):
-    """Starts a ``WorkerSpec``; raises ``LaunchError`` when it cannot (nothing left running)."""
-
-    def start(self, spec: WorkerSpec, sink: LineSink) -> WorkerHandle: ...
 
 
 class LaunchError(RuntimeError):
@@ -204,7 +198,7 @@ class LocalLauncher:
     def start(self, spec: WorkerSpec, sink: LineSink) -> LocalWorker:
         if not spec.is_local:
             raise LaunchError(f"{spec.name}: host {spec.host!r} is not this machine; "
-                              "use the multi-host launcher (--hosts FILE)")
+                              "ranks on other hosts need --launcher ssh (--hosts FILE)")
         env = dict(self.base_env)
         env.update({k: str(v) for k, v in spec.env.items()})
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -218,21 +212,3 @@ class LocalLauncher:
             raise LaunchError(f"{spec.name}: cannot start {' '.join(spec.argv)!r}: {exc}") from None
         return LocalWorker(spec, proc, sink)
 
-
-def start_all(launcher: WorkerLauncher, specs: Sequence[WorkerSpec],
-              sinks: Mapping[str, LineSink]) -> Dict[str, WorkerHandle]:
-    """Start every spec (each one returns as soon as its process exists, so all run in parallel).
-
-    If one cannot start, the ones already started are killed and the ``LaunchError`` re-raised.
-    """
-    started: Dict[str, WorkerHandle] = {}
-    try:
-        for spec in specs:
-            started[spec.name] = launcher.start(spec, sinks[spec.name])
-    except BaseException:
-        for h in started.values():
-            h.kill()
-        for h in started.values():
-            h.wait(2.0)
-        raise
-    return started

@@ -128,7 +128,7 @@ def test_attempt_environment_and_resume_paths(tmp_path):
     spec = JobSpec(devices="2", job_id="j", job_dir=str(tmp_path), cwd=str(tmp_path))
     plan = JobPlan(spec=spec, backend="cpu", mode="dynamic",
                    placements=[Placement(0, 0, 0), Placement(1, 1, 5)], base_argv=["prog"])
-    ws = attempt_workers(plan, 3, sched_port=4242, resume={0: "/a.ckpt", 1: "/b.ckpt"})
+    ws = attempt_workers(plan, 3, ("127.0.0.1", 4242), resume={0: "/a.ckpt", 1: "/b.ckpt"})
     assert [w.name for w in ws] == ["scheduler", "rank_0", "rank_1"]
     assert ws[0].env["MS_ROLE"] == "MS_SCHED" and "RANK_ID" not in ws[0].env
     r1 = ws[2].env

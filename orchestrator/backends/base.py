@@ -19,8 +19,9 @@ behind one small class, ``Backend``.  A job's life, and which method is called w
     backend.stats()                          # any time, from the metrics exporter's thread
     backend.close()                          # always (the runner and the commands use ``with``)
 
-``status``, ``stop`` and ``resume`` reopen the backend a job was launched with (job.json's
-``spec.launcher``) and call ``status(job)``, ``stop_leftovers(job)``, ``checkpoints(ranks)``.
+After every attempt the runner calls ``end_attempt(handles)``.  ``status``, ``stop`` and ``resume``
+reopen the backend a job was launched with (job.json's ``spec.launcher``) and call ``status(job)``,
+``stop_leftovers(job)``, ``end_strays(job)`` and ``checkpoints(ranks)``.
 
 Conventions every backend keeps, so events, logs and checkpoints look the same everywhere:
 
@@ -53,7 +54,6 @@ ConfigMap) as long as ``RANK_TABLE_FILE`` in ``node_view`` names that place.
 from __future__ import annotations
 
 import abc
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -135,7 +135,7 @@ class Backend(abc.ABC):
         attempt; the scheduler process runs on the first node.  ``spec.sched_port`` when given, else a
         port free on that node now (a fresh one per attempt, so a lingering old scheduler never clashes).
         Only called in dynamic mode."""
-        from orchestrator.plan import free_port
+        from cluster.proc import free_port
         return self.spec.sched_host, int(self.spec.sched_port or free_port(self.spec.sched_host))
 
     @abc.abstractmethod
@@ -163,6 +163,14 @@ class Backend(abc.ABC):
             raise
         return started
 
+    def end_attempt(self, workers: Mapping[str, "WorkerHandle"]) -> None:
+        """Called when an attempt is over (success included), after the supervisor brought it down:
+        nothing a rank started may outlive its attempt.  The default SIGKILLs every worker's process
+        group; a backend whose ranks can leave their group (a new session, a double fork) also ends the
+        processes that carry the job's tag (``job_tag``) where they ran."""
+        for h in workers.values():
+            h.kill()
+
     # ------------------------------------------------------------ during and after the job
     @abc.abstractmethod
     def checkpoints(self, ranks: Sequence[int]) -> Optional["ResumePoint"]:
@@ -181,16 +189,23 @@ class Backend(abc.ABC):
         return {}
 
     def status(self, job: "JobState") -> Dict[str, Any]:
-        """Extra fields ``status`` shows for a job (e.g. ``{"slurm_state": "RUNNING"}``); {} if none.
-        Must be cheap: ``status`` without a job dir calls it for every job."""
+        """What the place itself says about a job, e.g. ``{"slurm_state": "RUNNING"}``; {} if nothing.
+        ``status JOB_DIR`` prints one ``key: value`` line each (``--json``: under ``launcher_status``).
+        Must be cheap and must not fail: ``status`` calls it for every job it lists."""
         return {}
 
     @abc.abstractmethod
     def stop_leftovers(self, job: "JobState") -> List[str]:
-        """Kill what is left of a job whose launcher is gone (``stop``, after the launcher was asked to
-        stop or found dead): the last attempt's processes (``job.last_attempt["ranks"]``: pid and host of
-        each), checked to really belong to the job (``PSPNET_JOB_ID``) before anything is signalled.
-        Returns one line per thing it did, for the user; [] when nothing was left."""
+        """``stop``, once the launcher was asked to stop or found dead: end what is left of the job where
+        its ranks ran (processes that outlived their launcher, found by the job's tag, ``job_tag``; a
+        scheduler's job the launcher ran in).  The job must stay resumable.  Returns one line per thing
+        it did, for the user; [] when nothing was left."""
+
+    def end_strays(self, job: "JobState") -> List[str]:
+        """``resume``, before its first attempt: end the processes of the job that outlived a launcher
+        that died (found by ``job_tag``), and nothing else (never the allocation ``resume`` may be running
+        in).  Lines for the user, [] when there were none.  Default: none to look for."""
+        return []
 
     def close(self) -> None:
         """Release connections and anything else this object holds; safe to call twice."""
@@ -204,26 +219,16 @@ class Backend(abc.ABC):
 
 # ---------------------------------------------------------------- helpers backends share
 
+def job_tag(spec: "JobSpec", job_dir: Optional[str] = None) -> Dict[str, str]:
+    """What every process of the job carries in its environment, on a node whose view of the job dir
+    is ``job_dir`` (default: this machine's): how leftovers are found (``cluster.proc.tagged_processes``)."""
+    from cluster.contracts.env import RankEnv
+    return RankEnv(job_id=spec.job_id, job_dir=job_dir or spec.job_dir).to_env()
+
+
 def write_local_files(plan: "JobPlan") -> None:
     """The rank table in the job dir on this machine (what ``prepare`` does where nodes share it)."""
     if plan.rank_table is not None:
         from cluster.contracts.jobdir import JobPaths
         from cluster.ranktable import write_rank_table
         write_rank_table(JobPaths(plan.spec.job_dir).rank_table, plan.rank_table)
-
-
-def job_pids(job: "JobState") -> List[Tuple[str, int]]:
-    """(host, pid) of every process the job's last attempt recorded."""
-    last = job.last_attempt or {}
-    out: List[Tuple[str, int]] = []
-    for info in (last.get("ranks") or {}).values():
-        pid = info.get("pid") if isinstance(info, dict) else None
-        if pid:
-            out.append((str(info.get("host") or "localhost"), int(pid)))
-    return out
-
-
-def is_python(word: str) -> bool:
-    """Whether argv[0] names a Python interpreter (then a node's ``python`` replaces it)."""
-    base = os.path.basename(word)
-    return word == sys.executable or base in ("python", "python3") or base.startswith("python3.")

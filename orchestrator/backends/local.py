@@ -2,19 +2,17 @@
 
 Discovery reads this machine's devices (cluster/devices.py: CPU slots, or Ascend devices from
 hccn.conf / npu-smi), checkpoints are read from the job dir directly, CPU/memory come from psutil, and
-``stop`` kills leftover ranks by pid after checking their ``PSPNET_JOB_ID``.  Process start-up (own
+``stop``/``resume`` end the processes that carry the job's tag (``PSPNET_JOB_ID`` and ``PSPNET_JOB_DIR``
+in their environment) after their launcher is gone.  Process start-up (own
 process group, death with the launcher, core pinning, line pumping) is ``LocalLauncher`` in
 orchestrator/workers.py.
 """
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from cluster.contracts.env import RankEnv, RankEnvError
-from orchestrator.backends.base import Backend, RankStats, job_pids
+from orchestrator.backends.base import Backend, RankStats, job_tag
 
 if TYPE_CHECKING:
     from cluster.devices import Server
@@ -45,29 +43,10 @@ def process_tree_stats(pid: int) -> Optional[Dict[str, Any]]:
     return {"pid": pid, "cpu_seconds": cpu, "rss_bytes": rss}
 
 
-def job_processes_here(job_id: str, pids: Sequence[int]) -> List[int]:
-    """Those of ``pids`` alive on this machine whose environment says they belong to job ``job_id``."""
-    import psutil
-    out = []
-    for pid in pids:
-        try:
-            pid_job = RankEnv.from_env(psutil.Process(pid).environ()).job_id
-        except (psutil.Error, RankEnvError):
-            continue
-        if pid_job == job_id:
-            out.append(pid)
-    return out
-
-
-def kill_groups(pids: Sequence[int]) -> None:
-    """SIGKILL each pid's process group (a rank leads its own), or the pid alone when it leads none."""
-    for pid in pids:
-        for fn in (os.killpg, os.kill):
-            try:
-                fn(pid, signal.SIGKILL)
-                break
-            except (ProcessLookupError, PermissionError):
-                continue
+def end_tagged(tag: Dict[str, str]) -> List[int]:
+    """End (SIGKILL) this machine's processes that carry ``tag`` in their environment; their pids."""
+    from cluster import proc
+    return proc.end_processes(proc.tagged_processes(tag))
 
 
 class LocalBackend(Backend):
@@ -81,13 +60,21 @@ class LocalBackend(Backend):
 
     def discover(self) -> List["Server"]:
         from cluster.devices import ClusterInputError, discover_local
+        from cluster.proc import port_is_free
         from orchestrator.plan import PlanError
         s = self.spec
+        if s.hosts:
+            raise PlanError(f"--hosts {s.hosts}: ranks on other hosts need --launcher ssh (or leave --launcher "
+                            "out: --hosts picks ssh)")
         try:
-            return [discover_local(s.backend, devices=s.devices, hccn_conf=s.hccn_conf, npu_smi=s.npu_smi,
-                                   **s.discover_options())]
+            servers = [discover_local(s.backend, devices=s.devices, hccn_conf=s.hccn_conf, npu_smi=s.npu_smi,
+                                      **s.discover_options())]
         except ClusterInputError as exc:
             raise PlanError(str(exc)) from None
+        if s.sched_port is not None and not port_is_free(s.sched_port, s.sched_host):
+            raise PlanError(f"--sched-port {s.sched_port}: port is busy on {s.sched_host}; pick another "
+                            "or leave it out (a free port is chosen)")
+        return servers
 
     def start(self, worker: "WorkerSpec", sink: "LineSink") -> "WorkerHandle":
         from orchestrator.workers import LocalLauncher
@@ -116,9 +103,15 @@ class LocalBackend(Backend):
                 out[h.spec.rank] = st
         return out
 
+    def end_attempt(self, workers: Mapping[str, "WorkerHandle"]) -> None:
+        super().end_attempt(workers)
+        end_tagged(job_tag(self.spec))   # what left its rank's group (a new session, a double fork)
+
     def stop_leftovers(self, job: "JobState") -> List[str]:
-        left = job_processes_here(str(job.data.get("job_id")), [pid for _, pid in job_pids(job)])
-        if not left:
-            return []
-        kill_groups(left)
-        return [f"killed {len(left)} leftover rank process(es): {', '.join(map(str, left))}"]
+        left = end_tagged(job_tag(self.spec))
+        return [f"ended {len(left)} leftover process(es) of the job: {', '.join(map(str, left))}"] if left else []
+
+    def end_strays(self, job: "JobState") -> List[str]:
+        left = end_tagged(job_tag(self.spec))
+        return [f"ended {len(left)} process(es) of this job left by its previous launcher: "
+                + ", ".join(map(str, left))] if left else []

@@ -29,7 +29,7 @@ def main() -> int:
         plan = JobPlan(spec=spec, backend="cpu", mode="dynamic", placements=placements, base_argv=argv)
         host, port = b.rendezvous(plan, 0)
         b.prepare(plan)
-        workers = attempt_workers(plan, 0, sched_port=port)
+        workers = attempt_workers(plan, 0, (host, port), node_view=b.node_view)
         paths = JobPaths(job).make()
         sinks = {w.name: RankSink(w.name, paths.rank_log(w.rank) if w.rank >= 0 else paths.scheduler_log,
                                   paths.rank_events(w.rank) if w.rank >= 0 else None) for w in workers}
