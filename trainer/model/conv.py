@@ -23,7 +23,6 @@ IMPL_ENV = "PSPNET_CONV_IMPL"     # overrides "auto" (e.g. to compare the two pa
 def _isa_capped() -> bool:
     """True when oneDNN is capped below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2 ..., as trainer/world.py sets on
     CPU before MindSpore loads): its NCHW KxK convs are then fast and the native conv wins."""
-    import os
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     return bool(isa) and not isa.startswith(("AVX512", "AVX10", "ALL", "DEFAULT"))
 
@@ -45,6 +44,20 @@ def resolve_impl(impl: str = "auto") -> str:
     except Exception:  # pragma: no cover - context not readable: the safe, portable choice
         target = "CPU"
     return "im2col" if target.upper() == "CPU" and not _isa_capped() else "native"
+
+
+def zero_pad(x, p: int):
+    """``x`` (N, C, H, W) with ``p`` rows/columns of zeros on every side, built as zeros + concat.
+
+    Not ``ops.pad``: in a GRAPH_MODE training graph holding two or more ``ops.pad`` calls, MindSpore 2.10's
+    CPU pad kernel (PadV3) spins forever after a few steps (benchmarks/repro_pad_stall.py reproduces it
+    without this project's code); zeros + concat runs every step and costs the same.
+    """
+    n, c, h, w = x.shape
+    rows = ops.zeros((n, c, p, w), x.dtype)
+    x = ops.concat((rows, x, rows), 2)
+    cols = ops.zeros((n, c, h + 2 * p, p), x.dtype)
+    return ops.concat((cols, x, cols), 3)
 
 
 class Conv2d(nn.Conv2d):
@@ -79,7 +92,7 @@ class Conv2d(nn.Conv2d):
         ho = (x.shape[2] + 2 * p - d * (k - 1) - 1) // s + 1
         wo = (x.shape[3] + 2 * p - d * (k - 1) - 1) // s + 1
         if p > 0:
-            x = ops.pad(x, (p, p, p, p))
+            x = zero_pad(x, p)
         if k == 1:
             return ops.conv2d(x[:, :, 0:(ho - 1) * s + 1:s, 0:(wo - 1) * s + 1:s], self.weight)
         taps = []
