@@ -82,3 +82,33 @@ def test_build_loss_reads_config():
     loss = build_loss({"aux": True, "aux_weight": 0.25, "ignore_label": 7})
     assert loss.aux_weight == 0.25 and loss.ce.ignore_label == 7
     assert build_loss({"aux": False, "aux_weight": 0.4}).aux_weight == 0.0
+
+
+class LogSoftmaxGatherCE(nn.Cell):
+    """The straightforward formulation (log-softmax over the channel axis, gather the target), kept as
+    the reference the fused one must equal."""
+
+    def construct(self, logits, labels):
+        valid = labels != 255
+        target = ops.select(valid, labels, ops.zeros_like(labels))
+        logp = ops.log_softmax(logits, 1)
+        picked = ops.gather_elements(logp, 1, ops.expand_dims(target, 1)).squeeze(1)
+        validf = valid.astype(ms.float32)
+        return (0.0 - (picked * validf).sum()) / ops.maximum(validf.sum(), 1.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 21, 17, 13), (1, 3, 8, 8)])
+def test_fused_loss_equals_the_log_softmax_formulation_values_and_gradients(shape):
+    rng = np.random.default_rng(sum(shape))
+    n, c, h, w = shape
+    logits = Tensor((3 * rng.standard_normal(shape)).astype(np.float32))
+    labels = rng.integers(0, c, (n, h, w)).astype(np.int32)
+    labels[rng.random((n, h, w)) < 0.2] = 255
+    labels = Tensor(labels)
+    ours, ref = SegCrossEntropy(255), LogSoftmaxGatherCE()
+    assert float(ours(logits, labels).asnumpy()) == pytest.approx(float(ref(logits, labels).asnumpy()), rel=1e-5)
+    g_ours = ops.GradOperation()(ours)(logits, labels).asnumpy()
+    g_ref = ops.GradOperation()(ref)(logits, labels).asnumpy()
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-7)
+    total, count = ours.sums(logits, labels)
+    assert float(count.asnumpy()) == float((labels.asnumpy() != 255).sum())

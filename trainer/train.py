@@ -70,7 +70,7 @@ def build_cells(cfg: Dict[str, Any], world: World, total_steps: int):
     from mindspore import Tensor, nn, ops
 
     from trainer.lr import group_schedules
-    from trainer.model import build_loss, build_model, split_params, use_sync_bn
+    from trainer.model import SegCrossEntropy, build_loss, build_model, split_params, use_sync_bn
 
     net = build_model(cfg, sync_bn=use_sync_bn(world.size, world.backend))
     loss_fn = build_loss(cfg)
@@ -98,18 +98,12 @@ def build_cells(cfg: Dict[str, Any], world: World, total_steps: int):
         def __init__(self, network, ignore):
             super().__init__()
             self.network = network
-            self.ignore = int(ignore)
+            self.ce = SegCrossEntropy(ignore)
 
         def construct(self, images, labels):
             logits = self.network(images)
-            labels = labels.astype(ms.int32)
-            valid = labels != self.ignore
-            target = ops.select(valid, labels, ops.zeros_like(labels))
-            logp = ops.log_softmax(logits.astype(ms.float32), 1)
-            picked = ops.gather_elements(logp, 1, ops.expand_dims(target, 1)).squeeze(1)
-            validf = valid.astype(ms.float32)
-            pred = ops.argmax(logits, 1).astype(ms.int32)
-            return pred, 0.0 - (picked * validf).sum(), validf.sum()
+            total, count = self.ce.sums(logits, labels)
+            return ops.argmax(logits, 1).astype(ms.int32), total, count
 
     train_net = nn.TrainOneStepCell(NetWithLoss(net, loss_fn), optimizer)
     train_net.set_train(True)
@@ -155,6 +149,9 @@ class Trainer:
         self.total_steps = int(cfg["epochs"]) * self.spe
         self.net, self.train_net, self.eval_net, self.optimizer, self.schedules = \
             build_cells(cfg, world, self.total_steps)
+        from trainer.model.conv import resolve_impl
+        say(f"model: PSPNet-ResNet50, {resolve_impl()} convolutions, {self.spe} steps per epoch, "
+            f"{self.total_steps} steps in all")
         self.ckpt = CheckpointManager(checkpoint_dir(cfg, world.rank), rank=world.rank, config_sha=self.sha,
                                       keep=int(cfg["keep_checkpoints"]))
         self.start_epoch, self.skip_steps = 1, 0
