@@ -383,10 +383,12 @@ class Aggregator:
         """Whole-run series of one rank for plots: step times and losses by step index, mIoU by epoch."""
         d = self.devices.get(rank)
         if d is None:
-            return {"step_x": [], "step_time_s": [], "loss_x": [], "loss": [], "miou": [], "epoch_step_time_s": []}
+            return {"step_x": [], "step_time_s": [], "loss_x": [], "loss": [], "miou": [], "val_loss": [],
+                    "epoch_step_time_s": []}
         return {"step_x": list(d.step_series.x), "step_time_s": list(d.step_series.y),
                 "loss_x": list(d.loss_series.x), "loss": list(d.loss_series.y),
-                "miou": list(d.progress.miou_history), "epoch_step_time_s": list(d.epoch_step_times)}
+                "miou": list(d.progress.miou_history), "val_loss": list(d.progress.val_loss_history),
+                "epoch_step_time_s": list(d.epoch_step_times)}
 
     def snapshot(self, now: Optional[float] = None, run_stats: bool = True) -> JobSummary:
         """The job as of ``now``; ``run_stats=False`` leaves the whole-run percentiles out (the

@@ -67,7 +67,7 @@ class Progress:
     __slots__ = ("rank", "job", "host", "device", "attempt", "world_size", "state", "pid", "epoch", "epochs",
                  "step", "steps_per_epoch", "global_step", "steps_seen", "loss", "lr", "step_time_s",
                  "images_per_s", "compile_s", "val_loss", "miou", "macc", "allacc", "best_miou", "epoch_time_s",
-                 "mean_step_time_s", "last_event_ts", "last_event", "error", "miou_history")
+                 "mean_step_time_s", "last_event_ts", "last_event", "error", "miou_history", "val_loss_history")
 
     def __init__(self, rank: int = 0, job: str = "") -> None:
         self.rank, self.job, self.host = rank, job, ""
@@ -81,6 +81,7 @@ class Progress:
         self.last_event: Optional[str] = None
         self.error: Optional[str] = None
         self.miou_history: List[tuple] = []          # (epoch, mIoU) per validated epoch
+        self.val_loss_history: List[tuple] = []      # (epoch, val loss) per validated epoch
 
     def fields(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -177,6 +178,8 @@ class Progress:
                 if v is not None:
                     setattr(self, key, v)
             self.note_miou(epoch, num(ev.get("miou")), num(ev.get("best_miou")))
+            if num(ev.get("val_loss")) is not None:
+                self.val_loss_history.append((epoch, num(ev.get("val_loss"))))
         elif name in ("checkpoint", "resumed"):
             if self.state in ("unknown", "starting"):
                 self.state = "running"

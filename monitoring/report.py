@@ -7,7 +7,7 @@
   eval results, and links to the plots;
 * ``step_time.png``: step time per device over the run (downsampled whole-run series);
 * ``loss.png``: training loss per device over the run;
-* ``miou.png``: mIoU per device per epoch (only when some epoch was validated).
+* ``miou.png``: mIoU and val loss per device per epoch (only when some epoch was validated).
 
 Plots are made with matplotlib's Agg backend (no display needed).  Every file is written atomically,
 so a report being rewritten is never seen half-written.  The orchestrator calls ``write_report``
@@ -115,16 +115,25 @@ def make_plots(summary: JobSummary, series: Dict[int, Dict[str, list]], out: Pat
     save(fig, "loss.png")
 
     if any(s["miou"] for s in series.values()):
+        # mIoU and val loss per epoch on one chart: the learning curve (the train loss is loss.png)
         fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax2 = ax.twinx()
         for rank, s in sorted(series.items()):
             pts = [(e, v) for e, v in s["miou"] if e is not None and v is not None]
             if pts:
                 ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", ms=3, lw=1,
-                        label=_label(summary, rank))
+                        label=f"mIoU, {_label(summary, rank)}")
+            vl = [(e, v) for e, v in s.get("val_loss", []) if e is not None and v is not None]
+            if vl:
+                ax2.plot([e for e, _ in vl], [v for _, v in vl], marker="x", ms=3, lw=1, ls="--",
+                         label=f"val loss, {_label(summary, rank)}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mIoU")
-        ax.set_title("mIoU per epoch")
-        ax.legend(fontsize="small", ncol=2)
+        ax2.set_ylabel("val loss (dashed)")
+        ax.set_title("mIoU and val loss per epoch")
+        handles = ax.get_legend_handles_labels()
+        handles2 = ax2.get_legend_handles_labels()
+        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize="small", ncol=2)
         save(fig, "miou.png")
     return written
 
@@ -156,7 +165,7 @@ def summary_markdown(summary: JobSummary, plots: List[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""]
         titles = {"step_time.png": "Step time per device", "loss.png": "Loss per device",
-                  "miou.png": "mIoU per epoch"}
+                  "miou.png": "mIoU and val loss per epoch"}
         for name in plots:
             lines += [f"![{titles.get(name, name)}]({name})", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -264,3 +264,15 @@ def test_stragglers_equal_the_definition(p50, margin):
     expected = [r for r in sorted(p50)
                 if len(p50) > 1 and float(np.median([x for q, x in p50.items() if q != r])) * (1 + margin) < p50[r]]
     assert stragglers(p50, margin) == expected
+
+
+def test_series_carry_val_loss_and_miou_per_epoch_for_the_learning_curve():
+    agg = Aggregator()
+    w = _writer(0)
+    for epoch, (vl, miou) in enumerate([(2.5, 0.1), (1.2, 0.4), (0.6, 0.7)], start=1):
+        agg.feed_event(w.event("epoch", epoch=epoch, val_loss=vl, miou=miou, best_miou=miou))
+    agg.feed_event(w.event("epoch", epoch=4))               # an epoch without validation adds nothing
+    s = agg.series(0)
+    assert s["val_loss"] == [(1, 2.5), (2, 1.2), (3, 0.6)]
+    assert s["miou"] == [(1, 0.1), (2, 0.4), (3, 0.7)]
+    assert agg.series(7)["val_loss"] == []
