@@ -34,7 +34,11 @@ CODE = (Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv[:-1
         else Path(__file__).resolve().parent.parent).resolve()
 sys.path.insert(0, str(CODE))
 
-from monitoring.aggregate import Aggregator, JobMonitor  # noqa: E402
+from monitoring.aggregate import Aggregator  # noqa: E402
+try:
+    from monitoring.sources import JobMonitor  # noqa: E402
+except ImportError:        # a tree where the aggregator module follows the files itself
+    from monitoring.aggregate import JobMonitor  # noqa: E402
 from cluster.contracts.events import parse_line  # noqa: E402
 from monitoring.summary import read_all  # noqa: E402
 from monitoring.synthetic import step_lines  # noqa: E402

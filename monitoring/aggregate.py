@@ -1,37 +1,19 @@
-"""Aggregate event streams and text-log records into per-device and per-job state.
-
-Stable API (the exporter, web dashboard, `top`, `summary` and the report build on it)::
+"""Aggregate event streams and text-log records into per-device and per-job state (no I/O here).
 
     agg = Aggregator(job="", window=100, straggler_margin=0.2, stale_after_s=300.0)
-    agg.feed_lines(data)                # bytes of complete lines of an event file -> lines seen
+    agg.feed_lines(data)                # complete lines of event files -> lines seen
     agg.feed_events(events)             # parsed event dicts, oldest first (any ranks)
     agg.feed_text(rec)                  # one monitoring.textlog.TextRecord with .rank set
-    agg.set_job_info(job_json_dict)     # job.json as read (missing or odd keys are fine)
+    agg.set_job_info(job_json_dict)     # job.json as read (monitoring.sources.read_job_json)
     agg.touch(rank, ts)                 # a text source changed at ts (text lines carry no time)
     summary = agg.snapshot(now=None)    # -> monitoring.state.JobSummary (fresh objects)
     agg.series(rank)                    # whole-run downsampled series for plots (dict of lists)
 
-    mon = JobMonitor(paths, job=None)   # finds sources (monitoring.sources), tails them incrementally
-    mon.poll()                          # reads only new bytes of every source -> lines consumed
-    mon.summary(now=None)               # == mon.aggregator.snapshot()
-
-Every event reaches the per-rank state one way: ``feed_events`` groups events by rank and folds them
-with ``monitoring.progress.Progress.fold``; the step events it returns feed the statistics.  Lines
-are parsed with orjson (JSON with NaN or other oddities falls back to the contract's ``parse_line``).
-
-Statistics per device: step time p50/p95/max over a sliding window of the last ``window`` steps
-(exact), and over the whole run: exact while at most ``EXACT_LIMIT`` step times were seen, then a
-log-bucket histogram with 1 % relative resolution (bounded memory whatever the run length; the
-maximum stays exact); cumulative counts of ``STEP_TIME_BUCKETS`` for the exporter's histogram.
-Percentiles of exact samples interpolate linearly (numpy's default).
-
-Straggler: a device whose step-time p50 (the window's, else the run's) exceeds the median of the
-other devices' p50 by more than ``straggler_margin`` (default 0.2 = 20 %); needs two or more devices.
-At snapshot time a running device without events for ``stale_after_s`` is ``stalled``; job.json's
-last attempt marks ranks with a non-zero exit code ``dead``, and a finished job (state
-succeeded/failed/stopped) turns still-"running" devices into ``stopped``/``failed``.  Devices known
-only from plain text logs are "running" while their file grew within ``stale_after_s`` and "unknown"
-otherwise (text logs do not say that they ended).
+Every event reaches its rank one way: ``feed_events`` groups events by rank and folds them with
+``monitoring.progress.Progress.fold``; the step events it returns feed the statistics (window and
+whole-run percentiles, the exported histogram, downsampled series).  Lines are parsed with orjson;
+a line orjson refuses (NaN, a marker) goes through the contract's ``parse_line``.  The statistics,
+states and straggler rule are described in docs/monitoring.md.
 """
 from __future__ import annotations
 
@@ -39,17 +21,14 @@ import bisect
 import collections
 import functools
 import math
-import os
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import orjson
 
 from cluster.contracts.events import parse_line
-from cluster.contracts.jobdir import EVENTS as EVENTS_DIR, JOB_JSON, LOGS as LOGS_DIR
-from cluster.contracts.jobjson import JobJsonError, load_job_json, rank_exit_codes
+from cluster.contracts.jobjson import rank_exit_codes
 from monitoring.progress import Progress, integer, num
 from monitoring.state import DeviceState, JobSummary
 
@@ -308,62 +287,52 @@ class Aggregator:
 
     def feed_text(self, rec: Any) -> None:
         """Apply one TextRecord (monitoring.textlog) whose ``rank`` is set."""
-        kind = getattr(rec, "kind", None)
-        fields = getattr(rec, "fields", None) or {}
-        if kind == "event":
-            if isinstance(fields.get("event"), dict):
-                self.feed_events([fields["event"]])
-            return
+        kind, fields = getattr(rec, "kind", None), getattr(rec, "fields", None) or {}
+        if kind == "event" and isinstance(fields.get("event"), dict):
+            return self.feed_events([fields["event"]])
         if kind == "eval":
-            self.eval_results.append(dict(fields))
-            return
+            return self.eval_results.append(dict(fields))
         rank = getattr(rec, "rank", None)
-        if not isinstance(rank, int) or rank < 0:
-            return
+        if kind == "event" or not isinstance(rank, int) or rank < 0:
+            return None
         d = self._dev(rank)
-        p = d.progress
-        d.source = d.source or "text"
+        p, d.source = d.progress, d.source or "text"
         if getattr(rec, "device", None) is not None:
             p.device = rec.device
         if p.state in ("unknown", "starting"):
             p.state = "running"
+        st = num(fields.get("step_time_s"))
         if kind == "step":
             p.steps_seen += 1
-            p.epoch = fields.get("epoch") or p.epoch
-            p.step = fields.get("step") or p.step
-            p.steps_per_epoch = fields.get("steps_per_epoch") or p.steps_per_epoch
-            p.epochs = fields.get("epochs") or p.epochs
-            st = num(fields.get("step_time_s"))
+            for key in ("epoch", "step", "steps_per_epoch", "epochs"):
+                setattr(p, key, fields.get(key) or getattr(p, key))
             if d.source != "events":            # our own logs: the events say it
                 p.global_step = fields.get("global_step")      # None: the lines do not say
-                if st is not None:              # MindFormers prints each step's time with its loss
-                    p.step_time_s = st
-                    d.add_times([st])
-                    d.recent_steps.append((None, st))
             loss = num(fields.get("loss"))
             d.loss_series.extend([loss])
             if loss is not None:
                 p.loss = loss
                 d.recent_loss.append((None, loss))
         elif kind == "time":
-            st = num(fields.get("step_time_s"))
             p.epoch_time_s = num(fields.get("epoch_time_s"))
             if st is not None:
                 p.mean_step_time_s = st
                 d.epoch_step_times.append((None, st))
-                if d.source != "events":      # our own logs: per-step times come from the events
-                    p.step_time_s = st
-                    d.add_times([st])
-                    d.recent_steps.append((None, st))
         elif kind == "val":
             p.epoch = max(p.epoch, fields.get("epoch") or 0)
-            if num(fields.get("val_loss")) is not None:
-                p.val_loss = fields["val_loss"]
+            v = num(fields.get("val_loss"))
+            p.val_loss = p.val_loss if v is None else v
         elif kind == "miou":
-            epoch = fields.get("epoch")
-            if epoch:
-                p.epoch = max(p.epoch, epoch)
-            p.note_miou(epoch, num(fields.get("miou")), num(fields.get("best_miou")))
+            if fields.get("epoch"):
+                p.epoch = max(p.epoch, fields["epoch"])
+            p.note_miou(fields.get("epoch"), num(fields.get("miou")), num(fields.get("best_miou")))
+        # a step time of a text line (MindFormers' per step, TimeMonitor's per-epoch mean) counts where no
+        # event stream gives each step's own
+        if kind in ("step", "time") and st is not None and d.source != "events":
+            p.step_time_s = st
+            d.add_times([st])
+            d.recent_steps.append((None, st))
+        return None
 
     def touch(self, rank: int, ts: float) -> None:
         """A text source of ``rank`` changed at ``ts`` (its lines carry no time of their own)."""
@@ -406,7 +375,7 @@ class Aggregator:
             s = DeviceState.__new__(DeviceState)
             f = s.__dict__
             f.update(_DEFAULTS)
-            f.update(d.progress.fields())
+            f.update(d.progress.__dict__)
             f["job"] = self.job or d.progress.job
             f["source"] = d.source
             f["miou_history"] = list(d.progress.miou_history)
@@ -501,109 +470,3 @@ def _derived_state(devices: Dict[int, DeviceState]) -> str:
     if states & {"running", "starting"}:
         return "running"
     return sorted(states)[0]
-
-
-def read_job_json(path: Any) -> Dict[str, Any]:
-    """job.json checked against its schema, or {} when it is missing or does not follow it: monitoring
-    then shows what the events say (never raises)."""
-    try:
-        return dict(load_job_json(path))
-    except JobJsonError:
-        return {}
-
-
-class JobMonitor:
-    """Owner loop of one job's inputs: finds the sources, tails them, feeds one Aggregator.
-
-    ``paths``: a job directory, a folder of logs, or files (see monitoring.sources).  ``poll()``
-    reads only bytes added since the last call (a truncated or replaced file is re-read from its
-    start) and returns the number of new lines; sources that appear later (a rank starting late)
-    are picked up by the next poll.  job.json is read on every poll (a few KB).
-    """
-
-    def __init__(self, paths: Sequence[Any], job: Optional[str] = None, discover: Any = None,
-                 **agg_kwargs: Any) -> None:
-        from monitoring.sources import discover as default_discover  # local: sources imports siblings only
-        from monitoring.tailer import Tailer
-        self.paths = [Path(p) for p in paths]
-        self._discover = discover or default_discover      # e.g. summary's --devices reading
-        self.aggregator = Aggregator(job=job or "", **agg_kwargs)
-        self.tailer = Tailer()
-        self.sources: Dict[Path, Any] = {}
-        self._parsers: Dict[Path, Any] = {}
-        self.job_json: Optional[Path] = None
-        self.last_poll_bytes = 0      # bytes the last poll read (0: all sources consumed)
-        self._listing: Any = None     # names in the job dirs when last discovered
-
-    def _job_dir_listing(self) -> Any:
-        """The names in each job dir, its events/ and logs/ (None: not only job dirs, discover each poll).
-
-        Listing three folders is what tells whether a file came or went, exactly: for 1,024 ranks it
-        costs a fraction of a full discover() (see docs/monitoring.md).
-        """
-        out = []
-        for p in self.paths:
-            try:
-                names = os.listdir(p)
-            except OSError:
-                return None
-            if JOB_JSON not in names and EVENTS_DIR not in names:
-                return None
-            for sub in (EVENTS_DIR, LOGS_DIR):
-                try:
-                    out.append(frozenset(os.listdir(p / sub)))
-                except OSError:
-                    out.append(None)
-            out.append(frozenset(names))
-        return out
-
-    def refresh_sources(self) -> None:
-        listing = self._job_dir_listing()
-        if listing is not None and listing == self._listing:
-            return
-        self._listing = listing
-        found = self._discover(self.paths)
-        self.job_json = found.job_json
-        if not self.aggregator.job and found.job:
-            self.aggregator.job = found.job
-        for src in found.sources:
-            if src.path not in self.sources:
-                self.sources[src.path] = src
-                self.tailer.add(src.path)
-
-    def poll(self) -> int:
-        from monitoring.textlog import TextLogParser
-        self.refresh_sources()
-        if self.job_json is not None:
-            self.aggregator.set_job_info(read_job_json(self.job_json))
-        lines = 0
-        chunks = self.tailer.poll()
-        self.last_poll_bytes = self.tailer.last_bytes
-        for chunk in chunks:
-            src = self.sources.get(chunk.path)
-            if src is None:
-                continue
-            if src.kind == "events":
-                lines += self.aggregator.feed_lines(chunk.data)
-                continue
-            if chunk.reset:
-                self._parsers.pop(chunk.path, None)
-            parser = self._parsers.get(chunk.path)
-            if parser is None:
-                parser = self._parsers[chunk.path] = TextLogParser(rank=src.rank, device=src.device,
-                                                                      devices=src.devices)
-            touched = set()
-            for line in chunk.data.split(b"\n"):
-                if line:
-                    lines += 1
-                    rec = parser.feed(line)
-                    if rec is not None:
-                        self.aggregator.feed_text(rec)
-                        if rec.rank is not None:
-                            touched.add(rec.rank)
-            for r in touched:
-                self.aggregator.touch(r, chunk.mtime)
-        return lines
-
-    def summary(self, now: Optional[float] = None) -> JobSummary:
-        return self.aggregator.snapshot(now)

@@ -5,26 +5,8 @@
 works); ``metrics.render()`` writes the same families in the text format itself, byte for byte what
 ``generate_latest`` writes, several times faster (figures in docs/monitoring.md).  Each scrape takes
 one ``View``: the job summaries, the live processes, npu-smi's chips and the time, read once.
-
-Families (``pspnet_`` prefix, base units, ``_total`` for counters):
-
-per device, labels ``job, host, rank, device``
-    ``pspnet_step_time_seconds`` (last step), ``pspnet_step_time_p50_seconds`` / ``_p95_`` (sliding
-    window), ``pspnet_step_duration_seconds`` (histogram of every step time of the events),
-    ``pspnet_images_per_second``, ``pspnet_loss``, ``pspnet_val_loss``, ``pspnet_epoch``,
-    ``pspnet_global_step``, ``pspnet_steps_total``, ``pspnet_miou_ratio``, ``pspnet_best_miou_ratio``,
-    ``pspnet_up``, ``pspnet_last_event_age_seconds``, ``pspnet_straggler``, ``pspnet_device_state``
-    (always 1; label ``state``, one of ``DEVICE_STATES``)
-per rank process, labels ``job, host, rank`` (when ``process_stats`` is given)
-    ``pspnet_process_cpu_seconds_total``, ``pspnet_process_resident_memory_bytes``
-per job, label ``job``
-    ``pspnet_job_restarts_total``, ``pspnet_job_state`` (one-hot over ``JOB_STATES``), ``pspnet_job_ranks``,
-    ``pspnet_job_images_per_second``, ``pspnet_job_stragglers``, ``pspnet_job_attempt``
-per NPU chip, labels ``host, npu, chip, device`` (device = physical id; only where ``npu-smi`` answers)
-    ``pspnet_npu_up`` (health OK), ``pspnet_npu_temperature_celsius``, ``pspnet_npu_power_watts``,
-    ``pspnet_npu_aicore_utilization_ratio``, ``pspnet_npu_hbm_used_bytes``, ``pspnet_npu_hbm_total_bytes``
-
-A value that is not known yet (no step seen, no validation yet) is left out rather than exported as 0.
+The families, their labels and the rules for ``pspnet_up`` are listed in docs/metrics.md; a value
+that is not known yet (no step seen, no validation yet) is left out rather than exported as 0.
 """
 from __future__ import annotations
 
@@ -112,57 +94,59 @@ def _label_values(dev: DeviceState) -> Tuple[str, ...]:
 
 
 class DeviceCollector(_Collector):
+    GAUGES = (("step_time_s", "pspnet_step_time_seconds", "Duration of the last training step."),
+              ("step_time_p50_s", "pspnet_step_time_p50_seconds", "Median step time over the recent window."),
+              ("step_time_p95_s", "pspnet_step_time_p95_seconds", "95th percentile step time over the recent window."))
+    MORE = (("images_per_s", "pspnet_images_per_second", "Training throughput of the device (images per second)."),
+            ("loss", "pspnet_loss", "Training loss of the last step."),
+            ("val_loss", "pspnet_val_loss", "Validation loss of the last validated epoch."),
+            ("epoch", "pspnet_epoch", "Current epoch (1-based)."),
+            ("global_step", "pspnet_global_step", "Global step of the last step record."))
+    LAST = (("miou", "pspnet_miou_ratio", "mIoU of the last validation (0..1)."),
+            ("best_miou", "pspnet_best_miou_ratio", "Best mIoU so far (0..1)."))
+
     def families(self, view: View) -> List[Family]:
-        g = lambda name, doc: Family(name, "gauge", doc)  # noqa: E731
-        step_last = g("pspnet_step_time_seconds", "Duration of the last training step.")
-        step_p50 = g("pspnet_step_time_p50_seconds", "Median step time over the recent window.")
-        step_p95 = g("pspnet_step_time_p95_seconds", "95th percentile step time over the recent window.")
+        first = [Family(name, "gauge", doc) for _, name, doc in self.GAUGES]
         hist = Family("pspnet_step_duration_seconds", "histogram", "Training step durations seen by the exporter.")
-        ips = g("pspnet_images_per_second", "Training throughput of the device (images per second).")
-        loss = g("pspnet_loss", "Training loss of the last step.")
-        val_loss = g("pspnet_val_loss", "Validation loss of the last validated epoch.")
-        epoch = g("pspnet_epoch", "Current epoch (1-based).")
-        gstep = g("pspnet_global_step", "Global step of the last step record.")
-        steps = Family("pspnet_steps", "counter", "Step records seen for the device.")
-        miou = g("pspnet_miou_ratio", "mIoU of the last validation (0..1).")
-        best = g("pspnet_best_miou_ratio", "Best mIoU so far (0..1).")
-        up = g("pspnet_up", "1 while the rank is alive (process running, or recent events), else 0.")
-        age = g("pspnet_last_event_age_seconds", "Seconds since the device's last event.")
-        strag = g("pspnet_straggler",
-                  "1 when the device's p50 step time exceeds the median of the others by the job's margin.")
+        more = [Family(name, "gauge", doc) for _, name, doc in self.MORE]
+        more.append(Family("pspnet_steps", "counter", "Step records seen for the device."))
+        more += [Family(name, "gauge", doc) for _, name, doc in self.LAST]
+        up = Family("pspnet_up", "gauge", "1 while the rank is alive (process running, or recent events), else 0.")
+        age = Family("pspnet_last_event_age_seconds", "gauge", "Seconds since the device's last event.")
+        strag = Family("pspnet_straggler", "gauge",
+                       "1 when the device's p50 step time exceeds the median of the others by the job's margin.")
         dstate = Family("pspnet_device_state", "gauge", "Always 1; the state label carries the device's current state.",
                         _DL + ("state",))
-        is_up = self.metrics.is_up
+        first_keys = [k for k, _, _ in self.GAUGES]
+        more_keys = [k for k, _, _ in self.MORE] + ["steps_seen"] + [k for k, _, _ in self.LAST]
+        first_rows = [f.rows for f in first]
+        more_rows = [f.rows for f in more]
+        is_up, now = self.metrics.is_up, view.now
         for job in view.jobs:
             for rank in sorted(job.devices):
                 dev = job.devices[rank]
                 lab = _label_values(dev)
-                step_last.add(lab, dev.step_time_s)
-                step_p50.add(lab, dev.step_time_p50_s)
-                step_p95.add(lab, dev.step_time_p95_s)
+                d = dev.__dict__
+                for rows, key in zip(first_rows, first_keys):
+                    v = d[key]
+                    if v is not None and -math.inf < v < math.inf:
+                        rows.append((lab, float(v)))
                 if dev.step_time_buckets and sum(dev.step_time_buckets):
-                    cum, total = [], 0
+                    total, cum = 0, []
                     for le, c in zip(_LES, dev.step_time_buckets):
                         total += c
                         cum.append((le, total))
                     hist.rows.append((lab, cum, dev.step_time_sum_s))
-                ips.add(lab, dev.images_per_s)
-                loss.add(lab, dev.loss)
-                val_loss.add(lab, dev.val_loss)
-                if dev.epoch:
-                    epoch.add(lab, dev.epoch)
-                if dev.global_step:
-                    gstep.add(lab, dev.global_step)
-                steps.add(lab, dev.steps_seen)
-                miou.add(lab, dev.miou)
-                best.add(lab, dev.best_miou)
-                up.add(lab, 1.0 if is_up(dev, view) else 0.0)
+                for rows, key in zip(more_rows, more_keys):
+                    v = d[key]
+                    if v is not None and -math.inf < v < math.inf and (v or key not in ("epoch", "global_step")):
+                        rows.append((lab, float(v)))
+                up.rows.append((lab, 1.0 if is_up(dev, view) else 0.0))
                 if dev.last_event_ts is not None:
-                    age.add(lab, max(0.0, view.now - dev.last_event_ts))
-                strag.add(lab, 1.0 if dev.straggler else 0.0)
-                dstate.add(lab + (dev.state if dev.state in DEVICE_STATES else "unknown",), 1.0)
-        return [step_last, step_p50, step_p95, hist, ips, loss, val_loss, epoch, gstep, steps, miou, best, up,
-                age, strag, dstate]
+                    age.add(lab, max(0.0, now - dev.last_event_ts))
+                strag.rows.append((lab, 1.0 if dev.straggler else 0.0))
+                dstate.rows.append((lab + (dev.state if dev.state in DEVICE_STATES else "unknown",), 1.0))
+        return first + [hist] + more + [up, age, strag, dstate]
 
 
 class ProcessCollector(_Collector):
@@ -208,32 +192,30 @@ class JobCollector(_Collector):
 
 class AcceleratorCollector(_Collector):
     """npu-smi figures per chip (``npu_reader`` returns cluster.npu_smi chips, or dicts with their field names)."""
+    FIGURES = (("pspnet_npu_temperature_celsius", "Chip temperature.", "temp_c", 1.0),
+               ("pspnet_npu_power_watts", "Power as npu-smi reports it (per card on some models).", "power_w", 1.0),
+               ("pspnet_npu_aicore_utilization_ratio", "AI-core use (0..1).", "aicore_pct", 100.0),
+               ("pspnet_npu_hbm_used_bytes", "HBM in use.", "hbm_used_mb", 2.0 ** -20),
+               ("pspnet_npu_hbm_total_bytes", "HBM capacity.", "hbm_total_mb", 2.0 ** -20))
 
     def families(self, view: View) -> List[Family]:
         if not view.chips:
             return []
         nl = ("host", "npu", "chip", "device")
         health = Family("pspnet_npu_up", "gauge", "1 when npu-smi reports the chip's health as OK.", nl)
-        temp = Family("pspnet_npu_temperature_celsius", "gauge", "Chip temperature.", nl)
-        power = Family("pspnet_npu_power_watts", "gauge", "Power as npu-smi reports it (per card on some models).", nl)
-        aicore = Family("pspnet_npu_aicore_utilization_ratio", "gauge", "AI-core use (0..1).", nl)
-        hbm_used = Family("pspnet_npu_hbm_used_bytes", "gauge", "HBM in use.", nl)
-        hbm_total = Family("pspnet_npu_hbm_total_bytes", "gauge", "HBM capacity.", nl)
+        figures = [Family(name, "gauge", doc, nl) for name, doc, _, _ in self.FIGURES]
         for chip in view.chips:
             get = chip.get if isinstance(chip, Mapping) else (lambda k, c=chip: getattr(c, k, None))
             dev = get("device_id")
-            dev = get("phy_id") if dev is None else dev
-            lab = (str(get("host") or self.metrics.host), _s(get("npu_id")), _s(get("chip_id")), _s(dev))
+            lab = (str(get("host") or self.metrics.host), _s(get("npu_id")), _s(get("chip_id")),
+                   _s(get("phy_id") if dev is None else dev))
             if get("health") is not None:
                 health.add(lab, 1.0 if str(get("health")).strip().upper() == "OK" else 0.0)
-            temp.add(lab, get("temp_c"))
-            power.add(lab, get("power_w"))
-            for fam, key, scale in ((aicore, "aicore_pct", 1 / 100.0), (hbm_used, "hbm_used_mb", 2.0 ** 20),
-                                    (hbm_total, "hbm_total_mb", 2.0 ** 20)):
+            for fam, (_, _, key, divisor) in zip(figures, self.FIGURES):
                 v = _num(get(key))
                 if v is not None:
-                    fam.add(lab, v / 100.0 if fam is aicore else v * scale)
-        return [health, temp, power, aicore, hbm_used, hbm_total]
+                    fam.add(lab, v / divisor)
+        return [health] + figures
 
 
 class Metrics:
@@ -259,7 +241,7 @@ class Metrics:
         self.clock = clock
         self.last_errors: Dict[str, str] = {}
         self._local_hosts: set = set()     # host labels of ranks ever listed by process_stats
-        self._labels: Dict[tuple, tuple] = {}   # label values -> rendered label strings
+        self._labels: Dict[tuple, Dict[tuple, Any]] = {}   # label names -> label values -> rendered label strings
         self.collectors = [DeviceCollector(self), ProcessCollector(self), JobCollector(self),
                            AcceleratorCollector(self)]
         self.registry = CollectorRegistry(auto_describe=False)
@@ -304,7 +286,7 @@ class Metrics:
         """The text exposition format (0.0.4) of one scrape, equal to ``generate_latest(self.registry)``.
 
         Label strings are kept per label values (the one cache here: devices keep their labels, and
-        formatting them is most of what generate_latest spends per sample).
+        formatting them is much of what generate_latest spends per sample).
         """
         out: List[str] = []
         w = out.append
@@ -313,31 +295,31 @@ class Metrics:
             doc = fam.doc.replace("\\", "\\\\").replace("\n", "\\n")
             w(f"# HELP {mname} {doc}\n# TYPE {mname} {fam.type}\n")
             names = fam.labelnames
+            table = self._labels.setdefault(names, {})
+            if len(table) > 100_000:          # labels that come and go (many short jobs): start over
+                table.clear()
             if fam.type == "histogram":
                 bname, cname, sname = fam.name + "_bucket", fam.name + "_count", fam.name + "_sum"
                 for values, buckets, total in fam.rows:
-                    plain, les = self._labelstr(names, values, [le for le, _ in buckets])
-                    for lstr, (_, count) in zip(les, buckets):
-                        w(f"{bname}{lstr} {_go_float(float(count))}\n")
-                    w(f"{cname}{plain} {_go_float(float(buckets[-1][1]))}\n{sname}{plain} {_go_float(float(total))}\n")
+                    les = tuple(le for le, _ in buckets)
+                    got = table.get((values, les))
+                    if got is None:
+                        got = table[(values, les)] = (_labelstr(names, values), [
+                            _labelstr(names + ("le",), values + (le,)) for le in les])
+                    w("".join([f"{bname}{lstr} {_count(count)}\n" for lstr, (_, count) in zip(got[1], buckets)]))
+                    w(f"{cname}{got[0]} {_count(buckets[-1][1])}\n{sname}{got[0]} {_go_float(float(total))}\n")
             else:
                 for values, v in fam.rows:
-                    w(f"{mname}{self._labelstr(names, values)[0]} {_go_float(v)}\n")
+                    lstr = table.get(values)
+                    if lstr is None:
+                        lstr = table[values] = _labelstr(names, values)
+                    w(f"{mname}{lstr} {repr(v) if -1e300 < v < 1e6 else _go_float(v)}\n")
         return "".join(out).encode("utf-8")
 
-    def _labelstr(self, names: Tuple[str, ...], values: Tuple[str, ...], les: Sequence[str] = ()) -> tuple:
-        key = (names, values, tuple(les))
-        got = self._labels.get(key)
-        if got is None:
-            def fmt(pairs: List[Tuple[str, str]]) -> str:
-                pairs.sort()
-                return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}" if pairs else ""
-            plain = list(zip(names, values))
-            got = (fmt(list(plain)), [fmt(plain + [("le", le)]) for le in les])
-            if len(self._labels) >= 100_000:      # labels that come and go (many short jobs): start over
-                self._labels.clear()
-            self._labels[key] = got
-        return got
+
+def _labelstr(names: Sequence[str], values: Sequence[str]) -> str:
+    pairs = sorted(zip(names, values))
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}" if pairs else ""
 
 
 def _escape(value: str) -> str:
@@ -360,6 +342,11 @@ def _go_float(d: float) -> str:
         mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return s
+
+
+def _count(c: Any) -> str:
+    """``_go_float(float(c))`` of a bucket count, without the float round trip for the usual ones."""
+    return f"{c}.0" if type(c) is int and 0 <= c < 1_000_000 else _go_float(float(c))
 
 
 def _s(v: Any) -> str:

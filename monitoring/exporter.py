@@ -57,8 +57,7 @@ class FollowedJobs:
     """
 
     def __init__(self, paths: Sequence[PathLike], *, poll_interval_s: float = 1.0, **agg_kwargs: Any) -> None:
-        from monitoring.aggregate import JobMonitor
-        from monitoring.sources import is_job_dir
+        from monitoring.sources import JobMonitor, is_job_dir
         groups: List[List[Path]] = []
         loose: List[Path] = []
         for p in map(Path, paths):
@@ -180,7 +179,7 @@ class LiveJob:
         pass
 
     def __call__(self, run_stats: bool = True) -> List[JobSummary]:
-        from monitoring.aggregate import read_job_json
+        from monitoring.sources import read_job_json
         with self._lock:
             self._fold()
             self.aggregator.set_job_info(read_job_json(self.paths.job_json))

@@ -64,11 +64,6 @@ def _newest(run: Sequence[Dict[str, Any]], key: str, conv: Any) -> Any:
 class Progress:
     """What is known of one rank, as its events told it."""
 
-    __slots__ = ("rank", "job", "host", "device", "attempt", "world_size", "state", "pid", "epoch", "epochs",
-                 "step", "steps_per_epoch", "global_step", "steps_seen", "loss", "lr", "step_time_s",
-                 "images_per_s", "compile_s", "val_loss", "miou", "macc", "allacc", "best_miou", "epoch_time_s",
-                 "mean_step_time_s", "last_event_ts", "last_event", "error", "miou_history", "val_loss_history")
-
     def __init__(self, rank: int = 0, job: str = "") -> None:
         self.rank, self.job, self.host = rank, job, ""
         self.device: Optional[int] = None
@@ -82,9 +77,6 @@ class Progress:
         self.error: Optional[str] = None
         self.miou_history: List[tuple] = []          # (epoch, mIoU) per validated epoch
         self.val_loss_history: List[tuple] = []      # (epoch, val loss) per validated epoch
-
-    def fields(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
 
     def apply(self, ev: Dict[str, Any]) -> None:
         self.fold([ev])

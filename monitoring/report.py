@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from cluster.contracts.jobdir import REPORT, atomic_write_bytes
-from monitoring.aggregate import JobMonitor
+from monitoring.sources import JobMonitor
 from monitoring.state import JobSummary
 from monitoring.summary import COLUMNS, device_row, fmt_num, job_line, read_all
 

@@ -1,4 +1,7 @@
-"""Find the inputs of a job: a job directory, a folder of logs, or single files.
+"""Find and follow the inputs of a job: a job directory, a folder of logs, or single files.
+
+``JobMonitor(paths)`` finds them (``discover``), reads what they gain (``monitoring.tailer``) and
+feeds one ``monitoring.aggregate.Aggregator``; ``read_job_json`` reads job.json for it.
 
 ``discover(paths)`` returns a ``Found`` with the job name, job.json (if any) and a list of
 ``Source(path, kind, rank, device)``:
@@ -26,9 +29,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from cluster.contracts.jobdir import EVENTS, JOB_JSON, LOGS
+from cluster.contracts.jobjson import JobJsonError, load_job_json
+from monitoring.aggregate import Aggregator
+from monitoring.state import JobSummary
+from monitoring.tailer import Tailer
 from monitoring.textlog import Layout, TextLogParser
 
 _RANK_EVENTS = re.compile(r"^rank_(\d+)\.jsonl$")
@@ -222,3 +229,110 @@ def discover(paths: Iterable[Any], devices: Optional[int] = None) -> Found:
     unique = _rank_unranked(unique, devices)
     found.sources = unique
     return found
+
+
+# ---------------------------------------------------------------- following a job's sources
+
+_discover = discover
+
+def read_job_json(path: Any) -> Dict[str, Any]:
+    """job.json checked against its schema, or {} when it is missing or does not follow it: monitoring
+    then shows what the events say (never raises)."""
+    try:
+        return dict(load_job_json(path))
+    except JobJsonError:
+        return {}
+
+
+class JobMonitor:
+    """Owner loop of one job's inputs: finds the sources, tails them, feeds one Aggregator.
+
+    ``paths``: a job directory, a folder of logs, or files (see ``discover``).  ``poll()``
+    reads only bytes added since the last call (a truncated or replaced file is re-read from its
+    start) and returns the number of new lines; sources that appear later (a rank starting late)
+    are picked up by the next poll.  job.json is read on every poll (a few KB).
+    """
+
+    def __init__(self, paths: Sequence[Any], job: Optional[str] = None, discover: Any = None,
+                 **agg_kwargs: Any) -> None:
+        self.paths = [Path(p) for p in paths]
+        self._discover = discover or _discover      # e.g. summary's --devices reading
+        self.aggregator = Aggregator(job=job or "", **agg_kwargs)
+        self.tailer = Tailer()
+        self.sources: Dict[Path, Any] = {}
+        self._parsers: Dict[Path, Any] = {}
+        self.job_json: Optional[Path] = None
+        self.last_poll_bytes = 0      # bytes the last poll read (0: all sources consumed)
+        self._listing: Any = None     # names in the job dirs when last discovered
+
+    def _job_dir_listing(self) -> Any:
+        """The names in each job dir, its events/ and logs/ (None: not only job dirs, discover each poll).
+
+        Listing three folders is what tells whether a file came or went, exactly: for 1,024 ranks it
+        costs a fraction of a full discover() (see docs/monitoring.md).
+        """
+        out = []
+        for p in self.paths:
+            try:
+                names = os.listdir(p)
+            except OSError:
+                return None
+            if JOB_JSON not in names and EVENTS not in names:
+                return None
+            for sub in (EVENTS, LOGS):
+                try:
+                    out.append(frozenset(os.listdir(p / sub)))
+                except OSError:
+                    out.append(None)
+            out.append(frozenset(names))
+        return out
+
+    def refresh_sources(self) -> None:
+        listing = self._job_dir_listing()
+        if listing is not None and listing == self._listing:
+            return
+        self._listing = listing
+        found = self._discover(self.paths)
+        self.job_json = found.job_json
+        if not self.aggregator.job and found.job:
+            self.aggregator.job = found.job
+        for src in found.sources:
+            if src.path not in self.sources:
+                self.sources[src.path] = src
+                self.tailer.add(src.path)
+
+    def poll(self) -> int:
+        self.refresh_sources()
+        if self.job_json is not None:
+            self.aggregator.set_job_info(read_job_json(self.job_json))
+        lines = 0
+        chunks = self.tailer.poll()
+        self.last_poll_bytes = self.tailer.last_bytes
+        for chunk in chunks:
+            src = self.sources.get(chunk.path)
+            if src is None:
+                continue
+            if src.kind == "events":
+                lines += self.aggregator.feed_lines(chunk.data)
+                continue
+            if chunk.reset:
+                self._parsers.pop(chunk.path, None)
+            parser = self._parsers.get(chunk.path)
+            if parser is None:
+                parser = self._parsers[chunk.path] = TextLogParser(rank=src.rank, device=src.device,
+                                                                      devices=src.devices)
+            touched = set()
+            for line in chunk.data.split(b"\n"):
+                if line:
+                    lines += 1
+                    rec = parser.feed(line)
+                    if rec is not None:
+                        self.aggregator.feed_text(rec)
+                        if rec.rank is not None:
+                            touched.add(rec.rank)
+            for r in touched:
+                self.aggregator.touch(r, chunk.mtime)
+        return lines
+
+    def summary(self, now: Optional[float] = None) -> JobSummary:
+        return self.aggregator.snapshot(now)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
 
-from monitoring.aggregate import JobMonitor
-from monitoring.sources import Found, discover, is_job_dir
+from monitoring.sources import Found, JobMonitor, discover, is_job_dir
 from monitoring.state import DeviceState, JobSummary
 
 

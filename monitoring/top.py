@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, List, Optional, Sequence
 
-from monitoring.aggregate import JobMonitor
+from monitoring.sources import JobMonitor
 from monitoring.state import DeviceState, JobSummary
 from monitoring.summary import fmt_age, fmt_ms, fmt_num, group_paths, job_line, read_all
 

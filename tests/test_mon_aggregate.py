@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from monitoring.aggregate import EXACT_LIMIT, Aggregator, JobMonitor, RunQuantiles, Series, stragglers
+from monitoring.aggregate import EXACT_LIMIT, Aggregator, RunQuantiles, Series, stragglers
+from monitoring.sources import JobMonitor
 from cluster.contracts.events import EventWriter, parse_line
 from monitoring.synthetic import rank_events, step_lines, write_synthetic_job
 

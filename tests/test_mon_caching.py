@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from monitoring.aggregate import JobMonitor
+from monitoring.sources import JobMonitor
 from monitoring.exporter import Exporter, FollowedJobs
 from monitoring.synthetic import step_lines, write_synthetic_job
 from monitoring.tailer import Tailer

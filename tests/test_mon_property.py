@@ -4,7 +4,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitoring.aggregate import Aggregator, JobMonitor
+from monitoring.aggregate import Aggregator
+from monitoring.sources import JobMonitor
 from cluster.contracts.events import parse_line
 from monitoring.tailer import Tailer
 from monitoring.textlog import TextLogParser, parse_text_line
