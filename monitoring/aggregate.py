@@ -379,6 +379,7 @@ class Aggregator:
             f["job"] = self.job or d.progress.job
             f["source"] = d.source
             f["miou_history"] = list(d.progress.miou_history)
+            f["val_loss_history"] = list(d.progress.val_loss_history)
             f["step_time_history"] = list(d.recent_steps)
             f["loss_history"] = list(d.recent_loss)
             f["step_time_buckets"] = list(d.buckets)
