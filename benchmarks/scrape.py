@@ -121,7 +121,7 @@ def bench_scrape(n: int, history: int, repeat: int, tmp: Path) -> dict:
             if FOLLOWS:
                 m = srv.metrics
                 t1 = time.perf_counter()
-                jobs = srv.source(run_stats=False)
+                jobs = srv.source(full=False)
                 t2 = time.perf_counter()
                 m.source = lambda: jobs
                 families = m.families()
@@ -130,7 +130,7 @@ def bench_scrape(n: int, history: int, repeat: int, tmp: Path) -> dict:
                 t4 = time.perf_counter()
                 generate_latest(m.registry)
                 t5 = time.perf_counter()
-                m.source = lambda: srv.source(run_stats=False)
+                m.source = lambda: srv.source(full=False)
             else:
                 mon = srv.source.monitors[0]
                 mon.poll()

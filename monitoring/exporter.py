@@ -100,13 +100,13 @@ class FollowedJobs:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __call__(self, run_stats: bool = True) -> List[JobSummary]:
+    def __call__(self, full: bool = True) -> List[JobSummary]:
         if not self._polled.is_set():
             if self._thread is None:
                 self.poll()
             self._polled.wait()
         with self._lock:
-            self._last = [mon.aggregator.snapshot(run_stats=run_stats) for mon in self.monitors]
+            self._last = [mon.aggregator.snapshot(full=full) for mon in self.monitors]
             return self._last
 
     def last(self) -> List[JobSummary]:
@@ -178,12 +178,12 @@ class LiveJob:
     def close(self) -> None:
         pass
 
-    def __call__(self, run_stats: bool = True) -> List[JobSummary]:
+    def __call__(self, full: bool = True) -> List[JobSummary]:
         from monitoring.sources import read_job_json
         with self._lock:
             self._fold()
             self.aggregator.set_job_info(read_job_json(self.paths.job_json))
-            return [self.aggregator.snapshot(run_stats=run_stats)]
+            return [self.aggregator.snapshot(full=full)]
 
 
 # ------------------------------------------------------------------ rank processes of this host
@@ -472,7 +472,7 @@ class Exporter:
                  process_stats: Optional[Callable[[], ProcessStats]] = None, live_from_process_stats: bool = True,
                  npu_reader: Optional[Callable[[], Any]] = None, web_dir: Path = WEB_DIR) -> None:
         self.source = source
-        self.metrics = Metrics(lambda: source(run_stats=False), process_stats=process_stats,
+        self.metrics = Metrics(lambda: source(full=False), process_stats=process_stats,
                                npu_reader=npu_reader, live_from_process_stats=live_from_process_stats)
         self.sink = getattr(source, "sink", None)
         self.web_dir = Path(web_dir)
