@@ -4,13 +4,13 @@ Only argparse is imported at module level (``pspnet-cluster --help`` must stay f
 the rest when they run.  Bad input prints one ``pspnet-cluster CMD: error: ...`` line naming the file /
 line / field and exits 2; nothing is written then.
 
-Hosts file for ``ranktable --hosts FILE`` (YAML or JSON; the launcher's hostfile layout of
-cluster/hosts.py is understood too: ``defaults``, ``address``, ``name``, ``slots``, a ``name: {...}``
-mapping; other keys are ignored).  Here ``hccn_conf`` / ``npu_smi`` are files on *this* machine,
-relative to the hosts file (saved from each server)::
+Hosts file for ``ranktable --hosts FILE``: the launcher's hostfile (cluster/hosts.py, one parser: YAML or
+JSON, ``defaults``, ``address``/``host``, ``name``, ``slots``, a ``name: {...}`` mapping), plus the rank
+table keys below.  Here ``hccn_conf`` / ``npu_smi`` are files on *this* machine, relative to the hosts
+file (saved from each server)::
 
     hosts:
-      - host: node-a              # SSH name (optional here)
+      - host: node-a              # the host's address (name: a label)
         server_id: 10.0.0.1       # rank table server_id (default: address, else host, else name)
         devices: 0-7              # visible devices (default: --devices, else all found)
         hccn_conf: node-a.hccn.conf     # and/or npu_smi: node-a.npu-smi.txt
@@ -87,51 +87,20 @@ def _ips(value: Any, source: str) -> Optional[Dict[int, str]]:
 
 
 def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]:
-    """Servers (with device IPs) described by a hosts file; see the module docstring."""
-    import json
+    """Servers (with device IPs) described by a hosts file (the launcher's hostfile, cluster/hosts.py);
+    see the module docstring."""
     import os
 
     from cluster.devices import ClusterInputError, ascend_server
+    from cluster.hosts import load_hostfile
 
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClusterInputError(f"cannot read hosts file: {getattr(exc, 'strerror', None) or exc}", path) from None
-    try:
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml/json syntax: report where
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
-        raise ClusterInputError(f"not valid YAML/JSON: {getattr(exc, 'problem', None) or exc}", path, line) from None
-    hosts = data.get("hosts") if isinstance(data, dict) else data
-    defaults = data.get("defaults") if isinstance(data, dict) else None
-    if defaults is not None and not isinstance(defaults, dict):
-        raise ClusterInputError("`defaults` must be a mapping", path)
-    if isinstance(hosts, dict):   # the launcher's hostfile also allows  name: {address: ...}
-        hosts = [{"name": k, **(v if isinstance(v, dict) else {"address": v})} for k, v in hosts.items()]
-    if not isinstance(hosts, list) or not hosts:
-        raise ClusterInputError("expected a list of hosts (hosts: [{host: ..., hccn_conf: ...}, ...])", path)
     base = os.path.dirname(os.path.abspath(path))
     servers = []
-    for i, h in enumerate(hosts):
-        where = f"{path}: hosts[{i}]"
-        if isinstance(h, str):   # a bare [user@]address[:port]
-            word = h.split()[0] if h.split() else ""
-            h = {"address": word.rpartition("@")[2].split(":")[0]} if word else {}
-        if not isinstance(h, dict):
-            raise ClusterInputError("each host is a mapping (host: ..., server_id: ..., hccn_conf: ...)", where)
-        h = {**(defaults or {}), **h}
-        sid = h.get("server_id") or h.get("address") or h.get("host") or h.get("name")
-        if not sid:
-            raise ClusterInputError("needs `server_id`, `address` or `host`", where)
+    for i, h in enumerate(load_hostfile(path)):
+        where = f"{h.source or path}: hosts[{i}]"
 
         def read(key: str) -> Optional[str]:
-            val = h.get(key)
+            val = getattr(h, key)
             if val is None:
                 return None
             full = val if os.path.isabs(str(val)) else os.path.join(base, str(val))
@@ -141,19 +110,18 @@ def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]
             except OSError as exc:
                 raise ClusterInputError(f"{key}: cannot read {val}: {exc.strerror or exc}", where) from None
 
+        sid = h.server_id or h.address
         conf_text, smi_text = read("hccn_conf"), read("npu_smi")
-        ips = _ips(h.get("device_ips"), f"{where}.device_ips")
+        ips = _ips(h.device_ips, f"{where}.device_ips")
         if conf_text is None and smi_text is None and not ips:
             raise ClusterInputError(f"host {sid}: no device information; give hccn_conf, npu_smi or device_ips",
                                     where)
-        visible = h.get("devices", h.get("slots", default_devices))
+        visible = h.device_spec(default_devices)
         servers.append(ascend_server(
             str(sid), hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=ips,
             visible=str(visible) if isinstance(visible, int) else visible,
-            hccn_source=str(h.get("hccn_conf")), npu_smi_source=str(h.get("npu_smi")),
-            host=h.get("host") or h.get("name") or h.get("address"), host_ip=h.get("host_ip"),
-            super_pod_id=None if h.get("super_pod_id") is None else str(h.get("super_pod_id")),
-            super_device_ids=_sdids(h.get("super_device_ids"), f"{where}.super_device_ids")))
+            hccn_source=str(h.hccn_conf), npu_smi_source=str(h.npu_smi), host=h.name, host_ip=h.host_ip,
+            super_pod_id=h.super_pod_id, super_device_ids=_sdids(h.super_device_ids, f"{where}.super_device_ids")))
     return servers
 
 

@@ -2,7 +2,7 @@
 
 Two formats, told apart by their content:
 
-YAML (all keys optional except each host's address)::
+YAML (all keys optional except each host's address; JSON is read the same way)::
 
     defaults:                       # applies to every host; a host's own keys win
       user: pspnet
@@ -68,6 +68,12 @@ class HostSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     hccn_conf: Optional[str] = None      # on the host, instead of /etc/hccn.conf
     npu_smi: Optional[str] = None        # on the host: a saved `npu-smi info` table, instead of running it
+    # rank table facts for `pspnet-cluster ranktable --hosts` (the launcher discovers them on the host)
+    server_id: Optional[str] = None      # default: the address
+    device_ips: Any = None               # "0=IP,1=IP", a list in device order, or a mapping id: IP
+    host_ip: Optional[str] = None        # format 1.2
+    super_pod_id: Optional[str] = None   # format 1.2
+    super_device_ids: Any = None         # format 1.2: "0=ID,1=ID", a list or a mapping
     source: str = ""                     # "hosts.yaml:7", for messages
 
     def __post_init__(self) -> None:
@@ -175,6 +181,11 @@ HOST_KEYS = {
     "env": "extra environment for the host's processes",
     "hccn_conf": "hccn.conf on the host (default /etc/hccn.conf)",
     "npu_smi": "saved `npu-smi info` output on the host (default: run npu-smi)",
+    "server_id": "rank table: the server's server_id (default: the address; also the address when none)",
+    "device_ips": "rank table: device NIC IPs (0=IP,1=IP, a list, or a mapping)",
+    "host_ip": "rank table 1.2: the server's host_ip",
+    "super_pod_id": "rank table 1.2: the server's super pod",
+    "super_device_ids": "rank table 1.2: each device's super_device_id (0=ID,1=ID, a list, or a mapping)",
 }
 _ALIASES = {"host": "address", "key": "identity_file"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -245,6 +256,11 @@ def _check_value(key: str, value: Any, source: str, line: Optional[int]) -> Any:
                 raise HostfileError(f"env: {k} must be a plain value, got {v!r}", source, _line_of(value, k, line))
             env[k] = str(v).lower() if isinstance(v, bool) else str(v)
         return env
+    if key in ("device_ips", "super_device_ids"):   # checked where the rank table is built
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
     # plain strings
     if value is None or isinstance(value, (Mapping, list, bool)) or str(value).strip() == "":
         raise bad(f"expected a non-empty text value, got {value!r}")
@@ -262,6 +278,8 @@ def _make_host(fields: Dict[str, Any], defaults: Dict[str, Any], source: str, li
         fields = dict(fields)
         fields["env"] = {**defaults["env"], **fields["env"]}
     merged.update(fields)
+    if "address" not in merged and "server_id" in fields:   # a rank table's server_id is the server's IP
+        merged["address"] = fields["server_id"]
     if "address" not in merged:
         raise HostfileError("host has no address; add `address: HOST`", source, line)
     if merged.get("devices") is not None and merged.get("slots") is not None:

@@ -163,3 +163,24 @@ def test_ranktable_reads_the_launchers_hostfile_layout(tmp_path, fixtures_dir, c
     assert [s["server_id"] for s in table["server_list"]] == ["10.0.0.1", "10.0.0.2"]
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1", "2", "3"]
     assert [d["device_id"] for d in table["server_list"][1]["device"]] == ["4", "5", "6", "7"]
+
+
+def test_ranktable_hosts_are_read_by_the_launchers_hostfile_parser(tmp_path, fixtures_dir, capsys):
+    (tmp_path / "a.conf").write_text((fixtures_dir / "hccn.conf").read_text())
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps({"defaults": {"slots": 2}, "hosts": [{"address": "10.0.0.1", "hccn_conf": "a.conf"}]}))
+    out = tmp_path / "rt.json"
+    rc, _, err = run(["ranktable", "--hosts", str(hosts), "-o", str(out)], capsys)
+    assert rc == 0, err
+    table = load_rank_table(out)
+    assert [s["server_id"] for s in table["server_list"]] == ["10.0.0.1"]
+    assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]
+    # the launcher's checks, with file and line: a misspelt key is named, with what was meant
+    bad = tmp_path / "hosts.yaml"
+    bad.write_text("hosts:\n  - address: 10.0.0.1\n    hccn_cnof: a.conf\n")
+    rc, _, err = run(["ranktable", "--hosts", str(bad), "-o", str(out)], capsys)
+    assert rc == 2 and f"{bad}:3" in err and "did you mean 'hccn_conf'" in err
+    # and the launcher reads a rank-table hosts file (its rank table keys are facts it ignores)
+    from cluster.hosts import load_hostfile
+    (h,) = load_hostfile(tmp_path / "hosts.json")
+    assert (h.address, h.slots, h.hccn_conf) == ("10.0.0.1", 2, "a.conf")
