@@ -13,7 +13,8 @@ Output: stdout and stderr of the rank go to the task's stdout, which ``srun --la
 the task id for the launcher.  Control lines for the launcher start with ``CONTROL``:
 
     @@pspnet-slurm pid <pid> <node> <step id>     the rank's process exists
-    @@pspnet-slurm exit <code>                    the rank ended (subprocess code: -9 = SIGKILL)
+    @@pspnet-slurm exit <code> [signalled]        the rank ended (subprocess code: -9 = SIGKILL);
+                                                  "signalled": Slurm sent the task SIGTERM/SIGINT first
     @@pspnet-slurm stats <cpu seconds> <rss bytes> the rank's process tree, every STATS_EVERY seconds
     @@pspnet-slurm sched <line>                   a line of the scheduler's output (task 0)
     @@pspnet-slurm sched-pid <pid> / sched-exit <code>
@@ -131,8 +132,12 @@ def run(attempt_file: str) -> int:
               f"has rank {rank.rank} on {entry.get('host')} as local rank {rank.local_rank} (the srun distribution "
               "or the allocation differs from the plan)", file=sys.stderr, flush=True)
         return 2
-    # Slurm signals the whole group; the rank acts on SIGTERM itself, this task only waits for it
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+    # Slurm signals the whole group; the rank acts on SIGTERM itself, this task only waits for it and
+    # says so with the rank's exit, so the launcher can tell a stop from outside from a failure
+    terminated = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: terminated.set())
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, lambda *_: None)
     sched = attempt.get("scheduler") if procid == 0 else None
     sproc = spump = None
@@ -149,7 +154,7 @@ def run(attempt_file: str) -> int:
     code = proc.wait()
     if pump is not None:
         pump.join(5.0)
-    emit(f"{CONTROL}exit {code}")
+    emit(f"{CONTROL}exit {code}" + (" signalled" if terminated.is_set() else ""))
     if sproc is not None:
         if code != 0 and sproc.poll() is None:
             sproc.kill()

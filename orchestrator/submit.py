@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-SBATCH_FILE = "job.sbatch"
+from cluster.contracts.jobdir import SBATCH as SBATCH_FILE, SLURM
 
 SUBMIT_EPILOG = """\
 examples:
@@ -109,7 +109,8 @@ def sbatch_script(*, job_dir: str, job_id: str, cwd: str, nodes: int, per_node: 
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [f"#SBATCH --chdir={cwd}",
-              f"#SBATCH --output={Path(job_dir) / 'slurm-%j.out'}",
+              f"#SBATCH --output={Path(job_dir) / SLURM / 'batch-%j.out'}",
+              "#SBATCH --open-mode=append",
               f"#SBATCH --signal=B:USR1@{int(warn)}",
               "#SBATCH --requeue" if requeue else "#SBATCH --no-requeue"]
     lines += [f"#SBATCH {a}" for a in (extra or [])]
@@ -189,7 +190,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _err(exc)
     created = not job_dir.exists()
     try:
-        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / SLURM).mkdir(parents=True, exist_ok=True)     # sbatch writes the batch output there
     except OSError as exc:
         return _err(f"{job_dir}: cannot make the job dir ({exc.strerror or exc})")
     script = sbatch_script(job_dir=str(job_dir), job_id=job_id, cwd=cwd, nodes=args.nodes, per_node=per_node,

@@ -8,6 +8,9 @@ Layout (``runs/<job-id>/`` by default)::
     events/rank_<R>.jsonl    the rank's event stream, marker removed
     ckpt/rank_<R>/           checkpoints, each ``<name>.ckpt`` with a sidecar ``<name>.ckpt.json``
     report/                  end-of-job summary and plots
+    job.sbatch               the batch script `submit` wrote (Slurm); it may precede job.json
+    slurm/                   Slurm: slurm.json (the Slurm job), attempt_<N>.json (each task's rank),
+                             srun.log, batch-<id>.out (the batch script's output)
 
 A checkpoint counts only once its sidecar exists; both are written atomically, sidecar last.
 This module is shared by the trainer (writes checkpoints), the orchestrator (picks the newest
@@ -32,6 +35,8 @@ LOGS = "logs"
 EVENTS = "events"
 CKPT = "ckpt"
 REPORT = "report"
+SBATCH = "job.sbatch"
+SLURM = "slurm"
 SIDECAR_SUFFIX = ".json"
 
 
@@ -215,8 +220,8 @@ def newest_common_checkpoint(job_dir: PathLike, ranks: Iterable[int],
 
 LOCK_FILE = "launcher.lock"
 PID_FILE = "launcher.pid"
-#: files the launcher itself puts into a job dir before job.json exists
-OWN_FILES = (LOCK_FILE, PID_FILE, ".write-test")
+#: files the launcher itself (or `submit`, for a Slurm batch job) puts into a job dir before job.json exists
+OWN_FILES = (LOCK_FILE, PID_FILE, ".write-test", SBATCH, SLURM)
 
 
 class JobDirBusy(RuntimeError):

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from cluster.contracts.jobdir import SLURM as SLURM_DIR
 from orchestrator.backends.base import Backend, write_local_files
 
 if TYPE_CHECKING:
@@ -47,10 +48,10 @@ if TYPE_CHECKING:
     from orchestrator.restart_policy import ResumePoint
     from orchestrator.workers import LineSink, WorkerHandle, WorkerSpec
 
-SLURM_DIR = "slurm"              # in the job dir: attempt files, srun's own messages
-SLURM_JSON = "slurm.json"        # in the job dir: the Slurm job this job runs in (status, stop)
+SLURM_JSON = f"{SLURM_DIR}/slurm.json"   # in the job dir: the Slurm job this job runs in (status, stop)
 PROBE_TIMEOUT = 120.0
 START_TIMEOUT = 300.0            # srun waits this long at most for the step's resources
+OUTSIDE_STOP_DELAY = 0.3         # seconds a rank's exit is held back when Slurm stopped the step
 _LABEL = re.compile(r"^\s*(\d+): ?(.*)$")
 
 
@@ -102,6 +103,7 @@ class TaskHandle:
         self.node: Optional[str] = None
         self.code: Optional[int] = None
         self.usage: Optional[Tuple[float, int]] = None      # (cpu seconds, rss bytes) its task reported
+        self.pending: Optional[int] = None                   # an exit held back (see SlurmStep._control)
         self._done = threading.Event()
         self._rfd, self._wfd = os.pipe()
 
@@ -164,6 +166,8 @@ class SlurmStep:
         self.stderr: List[str] = []
         self._signalled: set = set()
         self._lock = threading.Lock()
+        self.outside_stop = False
+        self.on_outside_stop: Optional[Callable[[], None]] = None
         for w in workers:
             h = TaskHandle(w, self)
             self.handles[w.name] = h
@@ -214,10 +218,33 @@ class SlurmStep:
             if all(x.pid is not None for x in self.by_task.values()):
                 self.started.set()
         elif kind == "exit" and h is not None:
-            h.set_exit(int(rest))
+            words = rest.split()
+            code = int(words[0])
+            if "signalled" in words[1:] and code != 0 and self._stopped_from_outside():
+                # Slurm ended the step itself (scancel, preemption, a time limit): a stop, not a rank's
+                # failure.  The launcher is told first (as a SIGTERM to itself would), and the exit
+                # reaches the supervisor a moment later, when it is already stopping the attempt.
+                h.pending = code
+                threading.Timer(OUTSIDE_STOP_DELAY, h.set_exit, (code,)).start()
+            else:
+                h.set_exit(code)
         elif kind == "stats" and h is not None:
             cpu, rss = rest.split()
             h.usage = (float(cpu), int(rss))
+
+    def _stopped_from_outside(self) -> bool:
+        """A TERM the launcher did not send, before any rank failed (srun's --kill-on-bad-exit TERMs the
+        others after a failure): Slurm is ending the step.  Stop the job (once) and say so."""
+        with self._lock:
+            if signal.SIGTERM in self._signalled or signal.SIGKILL in self._signalled:
+                return False
+            if any(h.code not in (None, 0) for h in self.handles.values()):
+                return False
+            if not self.outside_stop:
+                self.outside_stop = True
+                if self.on_outside_stop is not None:
+                    self.on_outside_stop()
+            return True
 
     def _line(self, text: str) -> None:
         from cluster.slurm_task import CONTROL
@@ -243,9 +270,11 @@ class SlurmStep:
         finally:
             self.proc.wait()
             self._err.join(5.0)
+            if any(h.pending is not None and h.code is None for h in self.handles.values()):
+                time.sleep(OUTSIDE_STOP_DELAY)
             # tasks that reported no exit were ended by Slurm (the step was cancelled or killed)
             for h in self.handles.values():
-                h.set_exit(-int(signal.SIGKILL))
+                h.set_exit(h.pending if h.pending is not None else -int(signal.SIGKILL))
             self.started.set()
             for h in self.handles.values():
                 sink = self._sink(h)
@@ -286,7 +315,9 @@ class SlurmStep:
     def signal(self, sig: int) -> None:
         """Signal every task of the step (once per signal); the step's processes, wherever they run."""
         with self._lock:
-            if sig in self._signalled or not self.running:
+            # every rank and the scheduler reported its end: the tasks are exiting on their own, and
+            # Slurm ends whatever they leave when the step ends
+            if sig in self._signalled or not self.running or all(h.code is not None for h in self.handles.values()):
                 return
             self._signalled.add(sig)
         name = signal.Signals(sig).name[3:]
@@ -456,6 +487,7 @@ class SlurmBackend(Backend):
         from cluster.contracts.jobdir import atomic_write_json
         alloc = self.allocation()
         path = Path(self.spec.job_dir) / SLURM_JSON
+        path.parent.mkdir(parents=True, exist_ok=True)
         data = read_slurm_json(self.spec.job_dir)
         # the Slurm job is ours to cancel (`stop`) when it runs the job.sbatch `submit` wrote (its job
         # name says so); inside someone's salloc, `stop` ends our launcher and leaves the allocation
@@ -517,6 +549,7 @@ class SlurmBackend(Backend):
                              Path(self.spec.job_dir) / SLURM_DIR / "srun.log")
         except OSError as exc:
             raise LaunchError(f"cannot run srun: {exc}") from None
+        step.on_outside_stop = self._outside_stop
         self._steps = [step]
         if not step.started.wait(START_TIMEOUT):
             self.log(f"slurm: the step's tasks have not all started after {START_TIMEOUT:g} s; waiting on")
@@ -525,6 +558,12 @@ class SlurmBackend(Backend):
             said = "\n  ".join(step.stderr[-8:]) or f"srun exit code {step.proc.returncode}"
             raise LaunchError(f"srun could not start the ranks:\n  {said}")
         return dict(step.handles)
+
+    def _outside_stop(self) -> None:
+        """Slurm is ending the step (the job was cancelled, preempted or ran out of time): the launcher
+        stops the job as on SIGTERM, so it ends resumable instead of counting a failure."""
+        self.log("slurm: Slurm signalled the ranks (scancel, preemption or time limit): stopping the job")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     # ------------------------------------------------------------ after
     def checkpoints(self, ranks: Sequence[int]) -> Optional["ResumePoint"]:
