@@ -287,7 +287,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     try:
         state = JobState.load(args.job_dir)
     except JobJsonError as exc:
-        return _err("stop", exc)
+        from orchestrator.backends.slurm import cancel_submitted
+        said = cancel_submitted(args.job_dir)       # queued by `submit`, not started yet
+        if said is None:
+            return _err("stop", exc)
+        print(said)
+        return 0
     spec = state.data.get("spec") if isinstance(state.data.get("spec"), dict) else {}
     grace = _finite(spec.get("grace"), 10.0)
     timeout = args.timeout if args.timeout is not None else grace + 10.0
@@ -406,7 +411,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             data = _job_summary(args.job_dir)
         except JobJsonError as exc:
-            return _err("status", exc)
+            from orchestrator.backends.slurm import submitted_status
+            data = submitted_status(args.job_dir)     # queued by `submit`, not started yet
+            if data is None:
+                return _err("status", exc)
         if args.json:
             print(json.dumps(data, indent=2))
         else:
@@ -442,10 +450,11 @@ def _format_status(d: Dict[str, Any]) -> str:
     spec = d.get("spec", {})
     lines = [f"job {d.get('job_id')}: {str(d.get('state')).upper()}"
              + (" (launcher running)" if d.get("launcher_alive") else ""),
-             f"  dir: {d.get('job_dir')}",
-             f"  ranks: {d.get('world_size')}  devices: {spec.get('devices')}  launcher: {d.get('launcher_kind')}  "
-             f"backend: {spec.get('backend')}  "
-             f"mode: {spec.get('mode')}  config: {spec.get('cmd') and ' '.join(spec['cmd']) or spec.get('config')}"]
+             f"  dir: {d.get('job_dir')}"]
+    if spec:     # a job `submit` queued has no spec until its launcher starts
+        lines.append(f"  ranks: {d.get('world_size')}  devices: {spec.get('devices')}  launcher: {d.get('launcher_kind')}  "
+                     f"backend: {spec.get('backend')}  "
+                     f"mode: {spec.get('mode')}  config: {spec.get('cmd') and ' '.join(spec['cmd']) or spec.get('config')}")
     for key, value in (d.get("launcher_status") or {}).items():
         lines.append(f"  {key}: {value}")
     if d.get("state_note"):

@@ -170,3 +170,21 @@ def test_time_limit_warning_requeues_and_the_job_resumes_by_itself(slurm_cluster
     d = _job(job)
     assert d["state"] == "succeeded"
     assert d["attempts"][0]["state"] == "stopped" and d["attempts"][-1]["resume"] is not None
+
+
+def test_a_queued_job_shows_slurms_state_and_stop_cancels_it(slurm_cluster, tmp_path):
+    # holds every CPU of both nodes, so the submitted job stays queued
+    res = slurm_cluster.run(["sbatch", "--parsable", "--nodes=2", "--exclusive", "--wrap", "sleep 120"])
+    blocker = res.stdout.strip()
+    try:
+        assert slurm_cluster.wait_job(blocker, 30, states=("RUNNING",)) == "RUNNING"
+        slurm_id, job = _submit(slurm_cluster, tmp_path, "queued")
+        res = _cli(["status", str(job)], tmp_path, _env(slurm_cluster))
+        assert res.returncode == 0, res.stderr
+        assert "SUBMITTED" in res.stdout and f"slurm_job: {slurm_id}" in res.stdout
+        assert "slurm_state: PENDING" in res.stdout
+        res = _cli(["stop", str(job)], tmp_path, _env(slurm_cluster))
+        assert res.returncode == 0 and f"scancel {slurm_id}" in res.stdout
+        assert slurm_cluster.wait_job(slurm_id, 30) == "CANCELLED"
+    finally:
+        slurm_cluster.run(["scancel", blocker])

@@ -91,6 +91,31 @@ def slurm_job_state(job_id: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+def submitted_status(job_dir: str) -> Optional[Dict[str, Any]]:
+    """``status`` of a job `submit` queued whose launcher has not started yet (no job.json); None if the
+    dir holds no submitted job."""
+    data = read_slurm_json(job_dir)
+    if not data.get("job_id"):
+        return None
+    jid = str(data["job_id"])
+    return {"job_id": Path(job_dir).name, "job_dir": str(Path(job_dir).resolve()), "state": "submitted",
+            "launcher_kind": "slurm",
+            "launcher_status": {"slurm_job": jid, "slurm_state": slurm_job_state(jid) or "unknown to Slurm"},
+            "message": "queued with Slurm; the launcher writes job.json when the batch job starts"}
+
+
+def cancel_submitted(job_dir: str) -> Optional[str]:
+    """``stop`` of a submitted job that has not started: scancel it.  A line for the user, or None."""
+    data = read_slurm_json(job_dir)
+    jid, scancel = data.get("job_id"), shutil.which("scancel")
+    if not jid or not scancel:
+        return None
+    res = subprocess.run([scancel, str(jid)], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        return f"scancel {jid} failed: {res.stderr.strip()}"
+    return f"scancel {jid}: the queued Slurm job is cancelled (`sbatch {Path(job_dir) / 'job.sbatch'}` queues it again)"
+
+
 # ---------------------------------------------------------------- the step and its handles
 
 class TaskHandle:
