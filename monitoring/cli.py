@@ -141,7 +141,8 @@ def add_metrics(subparsers: "argparse._SubParsersAction") -> None:
         "metrics", help="serve Prometheus /metrics and the web dashboard for job dirs or log files",
         description="Standalone exporter for jobs launched by other tools (launch starts one itself with "
                     "--metrics-port): /metrics (Prometheus text format), / (web dashboard: step time per device, "
-                    "loss, mIoU, states) and /api/state (JSON). Files are read incrementally on each request. "
+                    "loss, mIoU, states) and /api/state (JSON). A background thread reads what the files gained every "
+                    "--poll seconds; a scrape shows that state (pspnet_last_event_age_seconds says how old). "
                     "PATH is a job dir, a folder of logs or files; each job dir is its own job, other paths "
                     "form one job. Ctrl-C stops it.")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -150,8 +151,20 @@ def add_metrics(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--host", default="127.0.0.1", metavar="H",
                    help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for all interfaces)")
     p.add_argument("--no-npu", action="store_true", help="do not export npu-smi figures even where npu-smi exists")
+    p.add_argument("--poll", type=_poll_seconds, default=1.0, metavar="S",
+                   help="seconds between two reads of the files (default 1; a scrape is at most this old)")
     _agg_options(p)
     p.set_defaults(func=cmd_metrics)
+
+
+def _poll_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.05 <= v <= 3600:          # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between 0.05 and 3600, e.g. --poll 1")
+    return v
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -165,7 +178,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from monitoring.exporter import serve
     try:
         server = serve(args.paths, host=args.host, port=args.port, start=False, local_processes=True,
-                       npu_reader=None if args.no_npu else "auto", **_agg_kwargs(args))
+                       npu_reader=None if args.no_npu else "auto", poll_interval_s=args.poll, **_agg_kwargs(args))
     except OSError as exc:
         print(f"pspnet-cluster metrics: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
               "(choose another --port, or 0 for a free one)", file=sys.stderr)

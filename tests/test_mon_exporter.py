@@ -432,6 +432,9 @@ def test_metrics_command_errors_name_the_problem(tmp_path):
         r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "metrics", str(tmp_path), "--port", str(port)],
                            capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "metrics", str(tmp_path), "--poll", "nan"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "--poll" in r.stderr and "serving" not in r.stdout
 
 
 # ------------------------------------------------------------------ standalone: rank processes of this host
