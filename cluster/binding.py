@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from cluster.devices import ClusterInputError, format_device_list, parse_visible_devices
+from cluster.errors import ClusterInputError
+from cluster.devices import format_device_list, parse_visible_devices
 
 
 class BindingError(ClusterInputError):

@@ -91,7 +91,8 @@ def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]
     see the module docstring."""
     import os
 
-    from cluster.devices import ClusterInputError, ascend_server
+    from cluster.accelerators import ascend_server
+    from cluster.errors import ClusterInputError
     from cluster.hosts import load_hostfile
 
     base = os.path.dirname(os.path.abspath(path))
@@ -126,7 +127,7 @@ def servers_from_hosts_file(path: str, default_devices: Any = None) -> List[Any]
 
 
 def cmd_ranktable(args: argparse.Namespace) -> int:
-    from cluster.devices import ClusterInputError
+    from cluster.errors import ClusterInputError
 
     try:
         return _ranktable(args)
@@ -135,7 +136,8 @@ def cmd_ranktable(args: argparse.Namespace) -> int:
 
 
 def _ranktable(args: argparse.Namespace) -> int:
-    from cluster.devices import ClusterInputError, discover_local
+    from cluster.accelerators import discover_local
+    from cluster.errors import ClusterInputError
     from cluster.ranktable import build_rank_table, load_rank_table, rank_table_json, write_rank_table
 
     if args.check:
@@ -179,7 +181,7 @@ def _used_total(used: Any, total: Any) -> str:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from cluster.devices import ClusterInputError
+    from cluster.errors import ClusterInputError
 
     try:
         return _devices(args)
@@ -191,16 +193,17 @@ def _devices(args: argparse.Namespace) -> int:
     import json
 
     from cluster.binding import make_binding_plan
-    from cluster.devices import _read_text, discover_local, resolve_backend
+    from cluster.accelerators import read_text, resolve
     from cluster.npu_smi import parse_npu_smi_info, run_npu_smi
 
     ips = _ips(args.ips, "--ips")
-    backend = resolve_backend(args.backend, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi, ips=ips)
+    accelerator = resolve(args.backend, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi, ips=ips)
+    backend = accelerator.name
     text = None
     if backend == "ascend":
-        text = _read_text(args.npu_smi, "npu-smi table") if args.npu_smi else run_npu_smi()
-    server = discover_local(backend, devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
-                            ips=ips, npu_smi_text=text)
+        text = read_text(args.npu_smi, "npu-smi table") if args.npu_smi else run_npu_smi()
+    server = accelerator.discover(devices=args.devices, hccn_conf=args.hccn_conf, npu_smi=args.npu_smi,
+                                  ips=ips, npu_smi_text=text)
     chips = None
     if backend == "ascend":
         if text is not None:

@@ -1,13 +1,4 @@
-"""Devices and servers: the value types every other part passes around, and device discovery.
-
-Public API (names are stable; the orchestrator and the multi-host launcher build on them):
-
-``ClusterInputError(ValueError)``
-    Every bad-input error of ``cluster/`` (hccn.conf, npu-smi tables, device lists, rank tables).
-    ``str(err)`` reads ``SOURCE:LINE: MESSAGE`` (or ``SOURCE: MESSAGE``); the parts are also
-    attributes ``source``, ``line``, ``message``.  Sub-classes: ``DeviceListError`` (here),
-    ``HccnError`` (cluster/hccn.py), ``NpuSmiError`` (cluster/npu_smi.py), ``RankTableError``
-    (cluster/ranktable.py).  Callers that only want "bad input, exit 2" catch ``ClusterInputError``.
+"""Devices and servers: the value types every other part passes around, and device lists.
 
 ``Device(device_id, ip=None, logical_id=None, npu_id=None, chip_id=None, phy_id=None,
 super_device_id=None, name=None, bus_id=None)``
@@ -25,49 +16,21 @@ super_device_id=None, name=None, bus_id=None)``
     devices (``"6,"`` selects device 6 alone).  Unknown ids, duplicates, reversed ranges, zero or
     too large counts are ``DeviceListError``.
 
-``cpu_server(count=None, server_id="127.0.0.1") -> Server``
-    CPU backend: devices are logical slots 0..N-1 (N from ``count`` or ``os.cpu_count()``), no IPs.
-
-``ascend_server(server_id, *, hccn_conf_text=None, npu_smi_text=None, ips=None, visible=None, ...)``
-    Build one Ascend server from texts (read locally, or fetched over SSH by the multi-host launcher):
-    device ids from the npu-smi table, else from hccn.conf, else from ``ips``; IPs from ``ips``,
-    else hccn.conf.  ``visible`` is a device-list spec applied to the ids found.
-
-``discover_local(backend="auto", *, devices=None, hccn_conf=None, npu_smi=None, ips=None,
-use_hccn_tool=True, server_id=None, cpu_count=None, npu_smi_text=None) -> Server``
-    The same on this machine: reads ``/etc/hccn.conf`` / runs ``npu-smi info`` and ``hccn_tool``
-    when present; ``backend="auto"`` is Ascend when any of them answers, else CPU.
-
-``resolve_backend(backend="auto", hccn_conf=None, npu_smi=None, ips=None) -> str``
-    ``auto`` -> ``ascend`` when Ascend inputs are given or npu-smi / hccn_tool / /etc/hccn.conf exist, else ``cpu``.
-
 ``default_server_id() -> str``: this host's IP as the rank table wants it (as hccl_tools does).
-``parse_ip_list("0=IP,1=IP" | "IP,IP") -> dict[int, str]``; ``format_device_list([0,1,2,3,6]) -> "0-3,6"``.
+``parse_device_ips`` / ``parse_super_device_ids``: per-device settings (``0=a,1=b``, ``a,b``, a mapping
+or a list); ``format_device_list([0,1,2,3,6]) -> "0-3,6"``.
+
+Discovery (what devices this machine has) is ``cluster/accelerators.py``; errors derive from
+``cluster.errors.ClusterInputError``.
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-
-class ClusterInputError(ValueError):
-    """Bad input to cluster/: names the source (file, option) and, when known, the line."""
-
-    def __init__(self, message: str, source: Optional[str] = None, line: Optional[int] = None) -> None:
-        self.message = message
-        self.source = source
-        self.line = line
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        if self.source and self.line is not None:
-            return f"{self.source}:{self.line}: {self.message}"
-        if self.source:
-            return f"{self.source}: {self.message}"
-        return self.message
+from cluster.errors import ClusterInputError
 
 
 class DeviceListError(ClusterInputError):
@@ -86,9 +49,6 @@ class Device:
     super_device_id: Optional[int] = None
     name: Optional[str] = None
     bus_id: Optional[str] = None
-
-    def with_ip(self, ip: Optional[str]) -> "Device":
-        return replace(self, ip=ip)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -222,7 +182,7 @@ def _fmt_ids(ids: Sequence[int]) -> str:
 format_device_list = _fmt_ids
 
 
-# ------------------------------------------------------------------ discovery
+# ------------------------------------------------------------------ this host
 
 def default_server_id() -> str:
     """This host's IP address (hostname lookup, as the model zoo's hccl_tools does), else 127.0.0.1."""
@@ -231,141 +191,6 @@ def default_server_id() -> str:
     except OSError:
         ip = ""
     return ip or "127.0.0.1"
-
-
-def cpu_server(count: Optional[int] = None, server_id: str = "127.0.0.1",
-               visible: Any = None) -> Server:
-    """CPU backend: logical slots 0..N-1 (N = ``count`` or the CPU count); ``visible`` selects some."""
-    n = count if count is not None else (os.cpu_count() or 1)
-    if n < 1 or n > MAX_ID + 1:
-        raise DeviceListError(f"CPU slot count must be 1..{MAX_ID + 1}, got {n}", "--devices")
-    if visible is not None and count is None:
-        # `--devices 8` on a CPU host means 8 slots, whatever the core count
-        ids = parse_visible_devices(visible, None)
-    else:
-        ids = parse_visible_devices(visible if visible is not None else n, list(range(n)))
-    return Server(server_id=server_id, devices=tuple(Device(device_id=i, logical_id=k)
-                                                     for k, i in enumerate(ids)))
-
-
-def ascend_server(server_id: str, *, hccn_conf_text: Optional[str] = None,
-                  npu_smi_text: Optional[str] = None, ips: Optional[Mapping[int, str]] = None,
-                  visible: Any = None, hccn_source: str = "/etc/hccn.conf",
-                  npu_smi_source: str = "npu-smi info", host: Optional[str] = None,
-                  host_ip: Optional[str] = None, super_pod_id: Optional[str] = None,
-                  super_device_ids: Optional[Mapping[int, int]] = None) -> Server:
-    """One Ascend server from the texts of its hccn.conf / npu-smi table / explicit IPs.
-
-    Device ids come from npu-smi when given (the devices that exist), else from hccn.conf, else
-    from ``ips``.  IPs: ``ips`` first, then hccn.conf.  A device without an IP keeps ``ip=None``;
-    the rank-table writer rejects it with a clear message.
-    """
-    from cluster import hccn, npu_smi
-
-    base: Dict[int, Device] = {}
-    card_rules: Optional[str] = None
-    if npu_smi_text is not None:
-        chips = npu_smi.parse_npu_smi_info(npu_smi_text, source=npu_smi_source)
-        for chip in chips:
-            dev = chip.to_device()
-            base[dev.device_id] = dev
-        card_rules = npu_smi.card_rules(chips)
-    conf_ips: Dict[int, str] = {}
-    if hccn_conf_text is not None:
-        conf_ips = hccn.device_ips(hccn.parse_hccn_conf(hccn_conf_text, source=hccn_source))
-        if npu_smi_text is None and any(i > 7 for i in conf_ips):
-            card_rules = "a3"        # NIC addresses beyond 0-7: more devices than a 910-class server has
-    if not base:
-        for i in sorted(set(conf_ips) | set(ips or {})):
-            base[i] = Device(device_id=i)
-    if not base:
-        raise ClusterInputError(
-            "no Ascend devices found: give an hccn.conf (--hccn-conf), an `npu-smi info` table "
-            "(--npu-smi) or device IPs (--ips)", f"server {server_id}")
-    ids = sorted(base)
-    chosen = parse_visible_devices(visible if visible is not None else len(ids), ids)
-    devices = []
-    for k, i in enumerate(chosen):
-        ip = (ips or {}).get(i) or conf_ips.get(i) or base[i].ip
-        sdid = (super_device_ids or {}).get(i, base[i].super_device_id)
-        logical = base[i].logical_id if base[i].logical_id is not None else ids.index(i)
-        devices.append(replace(base[i], ip=ip, super_device_id=sdid, logical_id=logical))
-    return Server(server_id=server_id, devices=tuple(devices), host=host, host_ip=host_ip,
-                  super_pod_id=super_pod_id, card_rules=card_rules)
-
-
-def _read_text(path: str, what: str) -> str:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ClusterInputError(f"cannot read {what}: {exc.strerror or exc}", path) from None
-
-
-def resolve_backend(backend: Optional[str] = "auto", *, hccn_conf: Optional[str] = None,
-                    npu_smi: Optional[str] = None, ips: Optional[Mapping[int, str]] = None) -> str:
-    """``auto`` -> ``ascend`` when Ascend files/IPs are given or npu-smi, hccn_tool or /etc/hccn.conf
-    exist on this machine, else ``cpu``.  Other values are checked and returned."""
-    import shutil
-
-    from cluster.hccn import DEFAULT_HCCN_CONF
-
-    b = (backend or "auto").lower()
-    if b not in ("auto", "cpu", "ascend", "gpu"):
-        raise ClusterInputError(f"unknown backend {backend!r}; use auto, cpu, gpu or ascend", "--backend")
-    if b != "auto":
-        return b
-    if hccn_conf or npu_smi or ips:
-        return "ascend"
-    if shutil.which("npu-smi") or shutil.which("hccn_tool") or os.path.exists(DEFAULT_HCCN_CONF):
-        return "ascend"
-    return "cpu"
-
-
-def discover_local(backend: str = "auto", *, devices: Any = None, hccn_conf: Optional[str] = None,
-                   npu_smi: Optional[str] = None, ips: Optional[Mapping[int, str]] = None,
-                   use_hccn_tool: bool = True, server_id: Optional[str] = None,
-                   cpu_count: Optional[int] = None, npu_smi_text: Optional[str] = None,
-                   host_ip: Optional[str] = None, super_pod_id: Optional[str] = None,
-                   super_device_ids: Optional[Mapping[int, int]] = None) -> Server:
-    """Discover this machine's devices (see the module docstring).
-
-    ``hccn_conf``/``npu_smi``: files to read instead of ``/etc/hccn.conf`` / running ``npu-smi info``.
-    ``devices``: the visible-device spec (``8``, ``0-3``).  On CPU/GPU the devices are logical slots.
-    ``npu_smi_text``: an `npu-smi info` text already read (so a caller that also wants the health
-    fields runs npu-smi once).  ``host_ip``, ``super_pod_id``, ``super_device_ids``: rank table
-    format 1.2 settings of this server (a super_device_id for a device not chosen is an error).
-    """
-    from cluster import hccn
-    from cluster import npu_smi as smi
-
-    b = resolve_backend(backend, hccn_conf=hccn_conf, npu_smi=npu_smi, ips=ips)
-    sid = server_id or default_server_id()
-    if b in ("cpu", "gpu"):
-        return cpu_server(cpu_count, server_id=sid, visible=devices)
-    conf_src = hccn_conf or hccn.DEFAULT_HCCN_CONF
-    conf_text = None
-    if hccn_conf or (not ips and os.path.exists(hccn.DEFAULT_HCCN_CONF)):
-        conf_text = _read_text(conf_src, "hccn.conf")
-    if npu_smi_text is not None:
-        smi_text: Optional[str] = npu_smi_text
-    else:
-        smi_text = _read_text(npu_smi, "npu-smi table") if npu_smi else smi.run_npu_smi()
-    explicit = dict(ips or {})
-    if use_hccn_tool and conf_text is None and not explicit:
-        if smi_text is not None:
-            ids: Iterable[int] = [c.device_id for c in smi.parse_npu_smi_info(smi_text, npu_smi or "npu-smi info")]
-        else:
-            ids = range(8)
-        explicit = hccn.query_hccn_tool(ids) or {}
-    server = ascend_server(sid, hccn_conf_text=conf_text, npu_smi_text=smi_text, ips=explicit,
-                           visible=devices, hccn_source=conf_src, npu_smi_source=npu_smi or "npu-smi info",
-                           host_ip=host_ip, super_pod_id=super_pod_id, super_device_ids=super_device_ids)
-    unknown = sorted(set(super_device_ids or {}) - set(server.device_ids))
-    if unknown:
-        raise ClusterInputError(f"device {unknown[0]} is not among the chosen devices {server.device_ids}",
-                                "--super-device-ids")
-    return server
 
 
 def parse_device_mapping(spec: str, source: str) -> Dict[int, str]:
@@ -431,24 +256,3 @@ def parse_device_ips(value: Any, source: str = "--ips") -> Optional[Dict[int, st
         if err:
             raise ClusterInputError(f"device {k}: {err}", source)
     return m
-
-
-def parse_ip_list(spec: str, source: str = "--ips") -> Dict[int, str]:
-    """Explicit device IPs: ``"0=192.168.1.10,1=192.168.1.11"`` or plain ``"192.168.1.10,192.168.1.11"``
-    (devices 0, 1, ... in order)."""
-    from cluster.hccn import check_ipv4
-
-    out = parse_device_mapping(spec, source)
-    if not out:
-        raise ClusterInputError("no device IPs given", source)
-    for dev, ip in out.items():
-        err = check_ipv4(ip)
-        if err:
-            raise ClusterInputError(f"device {dev}: {err}", source)
-    return out
-
-
-def iter_devices(servers: Iterable[Server]) -> Iterable[Tuple[Server, Device]]:
-    for s in servers:
-        for d in s.devices:
-            yield s, d

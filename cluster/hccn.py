@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from cluster.devices import ClusterInputError
+from cluster.errors import ClusterInputError
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 

@@ -42,7 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from cluster.devices import ClusterInputError, parse_visible_devices
+from cluster.errors import ClusterInputError
+from cluster.devices import parse_visible_devices
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_PORT = 22
@@ -99,10 +100,6 @@ class HostSpec:
         if self.workdir:
             return self.workdir.rstrip("/") + "/runs"
         return "runs"    # relative: the login directory
-
-    def ssh_target(self) -> str:
-        user = f"{self.user}@" if self.user else ""
-        return f"{user}{self.address}:{self.port}"
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

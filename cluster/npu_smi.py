@@ -36,7 +36,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from cluster.devices import ClusterInputError, Device
+from cluster.errors import ClusterInputError
+from cluster.devices import Device
 
 
 class NpuSmiError(ClusterInputError):

@@ -112,12 +112,13 @@ def probe(*, backend: str = "auto", devices: Any = None, job_root: str = "runs",
     except ImportError:  # pragma: no cover - python < 3.8
         out["mindspore"] = None
     try:
-        from cluster.devices import ClusterInputError, discover_local
+        from cluster.accelerators import resolve
+        from cluster.errors import ClusterInputError
         try:
-            server = discover_local(backend, devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
+            accelerator = resolve(backend, hccn_conf=hccn_conf, npu_smi=npu_smi)
+            server = accelerator.discover(devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
             out["server"] = server.to_dict()
-            out["backend"] = "ascend" if any(d.ip for d in server.devices) or backend == "ascend" else \
-                ("gpu" if backend == "gpu" else "cpu")
+            out["backend"] = accelerator.name
         except ClusterInputError as exc:
             problems.append(f"devices: {exc}")
     except ImportError as exc:

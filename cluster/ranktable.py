@@ -46,7 +46,8 @@ import json
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from cluster.devices import ClusterInputError, Device, Server
+from cluster.errors import ClusterInputError
+from cluster.devices import Device, Server
 from cluster.hccn import _IPV4, check_ipv4
 
 _IP_OK = _IPV4.fullmatch

@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
-from cluster.devices import ClusterInputError
+from cluster.errors import ClusterInputError
 
 
 class SlurmError(ClusterInputError):

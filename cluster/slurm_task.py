@@ -181,7 +181,7 @@ def probe(token: str, devices: str, backend: str, hccn_conf: Optional[str], npu_
     except OSError as exc:
         report["token_error"] = exc.strerror or str(exc)
     try:
-        from cluster.devices import discover_local
+        from cluster.accelerators import discover_local
         server = discover_local(backend, devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
         report["devices"] = [d.to_dict() for d in server.devices]
     except Exception as exc:  # noqa: BLE001 - reported to the launcher, which names the node

@@ -154,7 +154,8 @@ def add_metrics(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--poll", type=_poll_seconds, default=1.0, metavar="S",
                    help="seconds between two reads of the files (default 1; a scrape is at most this old)")
     _agg_options(p)
-    p.set_defaults(func=cmd_metrics)
+    # the top-level command hands in this host's accelerator health reader (health_reader)
+    p.set_defaults(func=cmd_metrics, wants_health_reader=True, health_reader=None)
 
 
 def _poll_seconds(text: str) -> float:
@@ -178,7 +179,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from monitoring.exporter import serve
     try:
         server = serve(args.paths, host=args.host, port=args.port, start=False, local_processes=True,
-                       npu_reader=None if args.no_npu else "auto", poll_interval_s=args.poll, **_agg_kwargs(args))
+                       npu_reader=None if args.no_npu else args.health_reader, poll_interval_s=args.poll,
+                       **_agg_kwargs(args))
     except OSError as exc:
         print(f"pspnet-cluster metrics: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
               "(choose another --port, or 0 for a free one)", file=sys.stderr)

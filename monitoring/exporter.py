@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -279,17 +278,6 @@ class CachedReader:
             return None if self._absent else self._value
 
 
-def default_npu_reader() -> Optional[Callable[[], Any]]:
-    """A cached ``cluster.npu_smi.read_npu_smi`` where npu-smi is installed, else None."""
-    if shutil.which("npu-smi") is None:
-        return None
-    try:
-        from cluster.npu_smi import read_npu_smi
-    except ImportError:
-        return None
-    return CachedReader(read_npu_smi, ttl_s=10.0)
-
-
 # ------------------------------------------------------------------ JSON for the dashboard
 
 def _clean(v: Any) -> Any:
@@ -546,7 +534,7 @@ class Exporter:
 
 def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", port: int = 0,
           process_stats: Optional[Callable[[], ProcessStats]] = None,
-          npu_reader: Union[Callable[[], Any], None, str] = "auto", start: bool = True,
+          npu_reader: Optional[Callable[[], Any]] = None, start: bool = True,
           local_processes: bool = False, live: bool = False, poll_interval_s: float = 1.0,
           **agg_kwargs: Any) -> Exporter:
     """Serve /metrics, /api/state and the dashboard for a job dir (or log paths) in a background thread.
@@ -554,16 +542,14 @@ def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", p
     ``port=0`` picks a free port (see ``.port``/``.url``).  ``live=True`` (the launcher): the one job
     dir in ``paths`` is fed through ``exporter.sink``; otherwise the files are followed every
     ``poll_interval_s``.  ``process_stats()`` returns ``{rank: {"pid", "cpu_seconds", "rss_bytes"}}``
-    for live ranks (the launcher knows them); ``npu_reader="auto"`` exports npu-smi figures where
-    npu-smi is installed.  Without ``process_stats``, ``local_processes=True`` (the standalone command)
+    for live ranks (the launcher knows them); ``npu_reader()`` returns the accelerator's health readings
+    (parsed npu-smi chips), handed in by the caller that knows the accelerator (``cluster.accelerators``).  Without ``process_stats``, ``local_processes=True`` (the standalone command)
     exports CPU and memory of the ranks running on this host, found by the pid of their start event
     (``LocalProcessStats``).  ``start=False`` leaves serving to ``serve_forever()``.  Raises OSError
     when the address cannot be bound.  ``agg_kwargs`` go to the Aggregator (e.g. ``straggler_margin``).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    if npu_reader == "auto":
-        npu_reader = default_npu_reader()
     source: Any = (LiveJob(list(paths)[0], **agg_kwargs) if live
                    else FollowedJobs(list(paths), poll_interval_s=poll_interval_s, **agg_kwargs))
     procs = process_stats
@@ -571,7 +557,7 @@ def serve(paths: Union[PathLike, Sequence[PathLike]], host: str = "127.0.0.1", p
         procs = LocalProcessStats(source.last)
     try:
         exp = Exporter(source, host=host, port=port, process_stats=procs,
-                       live_from_process_stats=process_stats is not None, npu_reader=npu_reader)  # type: ignore[arg-type]
+                       live_from_process_stats=process_stats is not None, npu_reader=npu_reader)
     except BaseException:
         source.close()
         raise

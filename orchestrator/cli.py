@@ -55,18 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a part not built yet must not break the others
-            if exc.name != name:
-                raise
-            continue
-        mod.add_commands(sub)
+        importlib.import_module(name).add_commands(sub)
     for name, (module, help_text) in TRAINER_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
         p.set_defaults(func=None, trainer_module=module)
     return parser
+
+
+def _local_health_reader():
+    """This host's accelerator health readings for a standalone exporter: monitoring is handed them,
+    it does not find the hardware itself (it does not import cluster)."""
+    from cluster.accelerators import resolve
+    from monitoring.exporter import CachedReader
+    reader = resolve("auto").health_reader()
+    return CachedReader(reader, ttl_s=10.0) if reader else None
 
 
 def exec_trainer(module: str, args: List[str]) -> int:
@@ -95,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return ExitCode.BAD_INPUT
+    if getattr(args, "wants_health_reader", False):
+        args.health_reader = _local_health_reader()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -153,7 +153,7 @@ def _console(args: argparse.Namespace):
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from cluster.contracts.jobdir import JobDirBusy
-    from cluster.devices import ClusterInputError
+    from cluster.errors import ClusterInputError
     from orchestrator.jobspec import SpecError, check_job_dir_writable, resolve
     from orchestrator.backends import choose_launcher, open_backend
     from orchestrator.plan import attempt_workers, describe_plan, resolve_plan
@@ -235,7 +235,7 @@ def _backend_of(state: Any):
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from cluster.contracts.jobdir import JobDirBusy
-    from cluster.devices import ClusterInputError
+    from cluster.errors import ClusterInputError
     from orchestrator.jobspec import JobSpec, SpecError
     from orchestrator.backends import open_backend
     from orchestrator.jobstate import JobState

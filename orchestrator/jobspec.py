@@ -163,7 +163,7 @@ class JobSpec:
             raise bad("job_id", f"{self.job_id!r}: use letters, digits, '.', '_' or '-' (up to 100)")
 
     def discover_options(self) -> Dict[str, Any]:
-        """The rank-table inputs as ``cluster.devices.discover_local`` takes them (parsed and checked)."""
+        """The rank-table inputs as ``cluster.accelerators.discover_local`` takes them (parsed and checked)."""
         from cluster.devices import parse_device_ips, parse_super_device_ids
         return {"ips": parse_device_ips(self.ips), "server_id": self.server_id, "host_ip": self.host_ip,
                 "super_pod_id": self.super_pod_id, "use_hccn_tool": bool(self.hccn_tool),

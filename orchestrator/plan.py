@@ -110,13 +110,17 @@ def resolve_command(spec: JobSpec, backend: str = "cpu") -> List[str]:
 def resolve_plan(spec: JobSpec, servers: Sequence[Any], check_config: bool = True) -> JobPlan:
     """The plan from the spec and the discovered ``servers`` (``Backend.discover``): ranks numbered by
     server, then device.  Connects nowhere and writes nothing; PlanError on bad input."""
-    has_ips = any(d.ip for s in servers for d in s.devices)
-    backend = spec.backend
-    if backend == "auto":
-        backend = "ascend" if (has_ips or spec.hccn_conf or spec.npu_smi or spec.ips) else "cpu"
+    from cluster import accelerators
+    from cluster.errors import ClusterInputError
+    try:
+        accelerator = accelerators.resolve(spec.backend, hccn_conf=spec.hccn_conf, npu_smi=spec.npu_smi,
+                                           ips=spec.ips, servers=servers)
+    except ClusterInputError as exc:
+        raise PlanError(str(exc)) from None
+    backend = accelerator.name
     mode = spec.mode
     if mode == "auto":
-        mode = "ranktable" if backend == "ascend" else "dynamic"
+        mode = accelerator.default_mode
     if mode == "ranktable" and backend != "ascend":
         raise PlanError(f"--mode ranktable needs HCCL (--backend ascend); the {backend} backend uses "
                         "--mode dynamic")
@@ -130,7 +134,6 @@ def resolve_plan(spec: JobSpec, servers: Sequence[Any], check_config: bool = Tru
         raise PlanError("--devices: no devices selected")
     rank_table = None
     if mode == "ranktable":
-        from cluster.devices import ClusterInputError
         from cluster.ranktable import build_rank_table
         try:
             rank_table = build_rank_table(servers, version=spec.rank_table_format, rules=spec.rank_table_rules)
@@ -222,6 +225,8 @@ def attempt_workers(plan: JobPlan, attempt: int, rendezvous: Optional[Tuple[str,
         base = {str(k): str(v) for k, v in (view.env if view is not None else {}).items()}
         return {**base, **rank_env.to_env()}
 
+    from cluster.accelerators import ACCELERATORS
+    accelerator = ACCELERATORS[plan.backend]
     common = RankEnv(rank_size=n, job_id=spec.job_id, attempt=attempt, backend=plan.backend)
     out: List[WorkerSpec] = []
     if plan.mode == "dynamic":
@@ -233,9 +238,10 @@ def attempt_workers(plan: JobPlan, attempt: int, rendezvous: Optional[Tuple[str,
                               env=env_on(sched_host, sched), host=sched_host, cwd=spec.cwd or None,
                               role=ROLE_SCHEDULER))
     for p in plan.placements:
-        env = common.with_(rank=p.rank, device_id=p.device, local_rank=p.local_rank, host=_host_label(p.host),
-                           job_dir=job_dir_on(p.host),
-                           resume=str(resume[p.rank]) if resume and p.rank in resume else None)
+        env = accelerator.rank_env(common.with_(rank=p.rank, local_rank=p.local_rank, host=_host_label(p.host),
+                                                job_dir=job_dir_on(p.host),
+                                                resume=str(resume[p.rank]) if resume and p.rank in resume else None),
+                                   p.device)
         if plan.mode == "dynamic":
             env = env.with_(role=MS_WORKER, node_id=p.rank)
         else:

@@ -69,15 +69,13 @@ class JobRunner:
     def _start_metrics(self):
         if self.spec.metrics_port is None:
             return None
-        try:
-            from monitoring.exporter import serve
-        except ImportError:
-            self.console.info("warning: --metrics-port given but monitoring/exporter.py is not available; "
-                              "no metrics endpoint")
-            return None
+        from cluster.accelerators import ACCELERATORS
+        from monitoring.exporter import CachedReader, serve
+        health = ACCELERATORS[self.plan.backend].health_reader()
         # fed the lines the sinks already read (no second reading of the files it is written into)
         server = serve(self.spec.job_dir, host=self.spec.metrics_host, port=self.spec.metrics_port,
-                       process_stats=self.backend.stats, live=True)
+                       process_stats=self.backend.stats, live=True,
+                       npu_reader=CachedReader(health, ttl_s=10.0) if health else None)
         console, feed = self.console.listener, server.sink
 
         def listener(name: str, text: str, event: Optional[Dict[str, Any]]) -> None:

@@ -161,7 +161,7 @@ _TIME_RE = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^\d+-\d+$|^(UNLIMITED|INFINITE)$
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cluster.devices import ClusterInputError
+    from cluster.errors import ClusterInputError
     from cluster.contracts.jobdir import atomic_write_json
     from orchestrator.jobspec import SpecError, new_job_id
 

@@ -1,8 +1,9 @@
 """Device lists, CPU slots, Ascend servers built from hccn.conf / npu-smi / explicit IPs."""
 import pytest
 
-from cluster.devices import (ClusterInputError, DeviceListError, ascend_server, cpu_server, discover_local,
-                             format_device_list, parse_ip_list, parse_visible_devices)
+from cluster.accelerators import ascend_server, cpu_server, discover_local
+from cluster.errors import ClusterInputError
+from cluster.devices import DeviceListError, format_device_list, parse_device_ips, parse_visible_devices
 
 
 @pytest.mark.parametrize("spec,available,expected", [
@@ -80,10 +81,10 @@ def test_explicit_ips_override(fixtures_dir):
     conf = (fixtures_dir / "hccn.conf").read_text()
     s = ascend_server("x", hccn_conf_text=conf, ips={0: "10.9.9.9"}, visible="0-1")
     assert [d.ip for d in s.devices] == ["10.9.9.9", "192.168.101.101"]
-    assert parse_ip_list("10.0.0.1,10.0.0.2") == {0: "10.0.0.1", 1: "10.0.0.2"}
-    assert parse_ip_list("3=10.0.0.1") == {3: "10.0.0.1"}
+    assert parse_device_ips("10.0.0.1,10.0.0.2") == {0: "10.0.0.1", 1: "10.0.0.2"}
+    assert parse_device_ips("3=10.0.0.1") == {3: "10.0.0.1"}
     with pytest.raises(ClusterInputError, match="device 1: '10.0.0' is not an IPv4"):
-        parse_ip_list("10.0.0.1,10.0.0")
+        parse_device_ips("10.0.0.1,10.0.0")
 
 
 def test_no_device_information_is_an_error():

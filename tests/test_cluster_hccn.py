@@ -1,7 +1,7 @@
 """hccn.conf and hccn_tool parsing: fixtures, malformed input naming file and line."""
 import pytest
 
-from cluster.devices import ClusterInputError
+from cluster.errors import ClusterInputError
 from cluster.hccn import (HccnError, check_ipv4, device_ips, parse_hccn_conf, parse_hccn_tool_ip,
                           read_hccn_conf)
 

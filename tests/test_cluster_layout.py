@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_cluster_imports_nothing_upward(fixtures_dir):
     code = (
         "import sys, json\n"
-        "from cluster import devices, hccn, npu_smi, ranktable, binding, cli\n"
-        f"s = devices.ascend_server('10.0.0.1', hccn_conf_text=open({str(fixtures_dir / 'hccn.conf')!r}).read())\n"
+        "from cluster import accelerators, hccn, npu_smi, ranktable, binding, cli\n"
+        f"s = accelerators.ascend_server('10.0.0.1', hccn_conf_text=open({str(fixtures_dir / 'hccn.conf')!r}).read())\n"
         "ranktable.rank_table_json(ranktable.build_rank_table([s]))\n"
         f"npu_smi.parse_npu_smi_info(open({str(fixtures_dir / 'npu-smi-a3-2npu.txt')!r}).read())\n"
         "binding.make_binding_plan(8)\n"

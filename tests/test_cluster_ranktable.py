@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from cluster.devices import ClusterInputError, Device, Server, ascend_server
+from cluster.accelerators import ascend_server
+from cluster.errors import ClusterInputError
+from cluster.devices import Device, Server
 from cluster.ranktable import (RankTableError, build_rank_table, load_rank_table, rank_slots,
                                rank_table_json, servers_from_table, validate_rank_table, write_rank_table)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.devices import ClusterInputError, ascend_server
+from cluster.accelerators import ascend_server
+from cluster.errors import ClusterInputError
 from cluster.hccn import parse_hccn_conf
 from cluster.npu_smi import NpuSmiError, card_rules, parse_npu_smi_info
 from cluster.ranktable import RankTableError, build_rank_table, load_rank_table, validate_rank_table

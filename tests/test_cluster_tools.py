@@ -8,7 +8,7 @@ import pytest
 
 from cluster import hccn
 from cluster.binding import bind_process
-from cluster.devices import discover_local, resolve_backend
+from cluster.accelerators import discover_local, resolve
 from cluster.hccn import query_hccn_tool
 from cluster.npu_smi import read_npu_smi, run_npu_smi
 
@@ -40,7 +40,7 @@ def test_tools_absent(monkeypatch, tmp_path):
     monkeypatch.setattr(hccn, "DEFAULT_HCCN_CONF", str(tmp_path / "no-hccn.conf"))
     assert run_npu_smi() is None and read_npu_smi() is None
     assert query_hccn_tool(range(8)) is None
-    assert resolve_backend("auto") == "cpu"
+    assert resolve("auto").name == "cpu"
 
 
 def test_npu_smi_and_hccn_tool_are_run(ascend_host):
@@ -50,7 +50,7 @@ def test_npu_smi_and_hccn_tool_are_run(ascend_host):
 
 
 def test_discovery_on_an_ascend_host(ascend_host):
-    assert resolve_backend("auto") == "ascend"
+    assert resolve("auto").name == "ascend"
     server = discover_local("auto", devices="2-3", server_id="10.0.0.1")
     assert server.device_ids == [2, 3]
     assert [d.ip for d in server.devices] == ["29.1.0.3", "29.1.0.4"]

@@ -59,7 +59,8 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
 
     def discover(self) -> List["Server"]:
-        from cluster.devices import ClusterInputError, discover_local
+        from cluster.accelerators import discover_local
+        from cluster.errors import ClusterInputError
         from cluster.proc import port_is_free
         from orchestrator.plan import PlanError
         s = self.spec

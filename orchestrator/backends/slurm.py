@@ -394,7 +394,8 @@ class SlurmBackend(Backend):
         return self._alloc
 
     def discover(self) -> List["Server"]:
-        from cluster.devices import ClusterInputError, Device, Server, parse_visible_devices
+        from cluster.errors import ClusterInputError
+        from cluster.devices import Device, Server, parse_visible_devices
         from cluster.slurm import node_addresses
         alloc = self.allocation()
         slurm_tool("srun")
