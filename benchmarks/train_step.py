@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-REFERENCE_S = 3.7   # s/step at crop 225, batch 2 (issue 2)
+REFERENCE_S = 3.7   # s/step at crop 225, batch 2
 
 
 def main() -> int:

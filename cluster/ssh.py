@@ -281,7 +281,6 @@ class RemoteProcess:
         self._on_line = on_line
         self._on_exit = on_exit
         self._done = threading.Event()
-        self._pid_seen = threading.Event()
         self._tail: List[str] = []
         self._reported_exit: Optional[int] = None
         self._stop_sent: Optional[str] = None
@@ -314,7 +313,6 @@ class RemoteProcess:
             if "pid" in info:
                 self.remote_pid = int(info["pid"])
                 self.remote_host = info.get("host")
-                self._pid_seen.set()
             if "exit" in info:
                 self._reported_exit = int(info["exit"])
             return
@@ -391,16 +389,6 @@ class RemoteProcess:
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         self._done.wait(timeout)
         return self.poll()
-
-    def wait_started(self, timeout: float) -> bool:
-        """Wait until the wrapper reported the remote pid (True) or the process ended/timed out (False)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._pid_seen.wait(0.02):
-                return True
-            if self._done.is_set():
-                return False
-        return False
 
     def wait_fd(self) -> int:
         return self._rfd

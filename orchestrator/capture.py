@@ -194,8 +194,3 @@ class RankSink:
         """The last ``n`` non-event lines (the event files hold the rest)."""
         with self._lock:
             return list(self.tail)[-n:]
-
-    def quiet_for(self, now: Optional[float] = None) -> float:
-        """Seconds since the last event (since creation when none came yet)."""
-        now = time.monotonic() if now is None else now
-        return now - (self.last_event if self.last_event is not None else self.created)

@@ -9,18 +9,13 @@ import urllib.request
 from pathlib import Path
 
 from test_mon_exporter import samples, value
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_launch_serves_live_metrics_of_its_ranks(tmp_path):
-    port = _free_port()
+    port = free_port()
     worker = f"{sys.executable} {ROOT / 'tests' / 'workers' / 'fake_worker.py'} --steps 15 --step-time 0.4"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", "--devices", "2",

@@ -15,6 +15,7 @@ from cluster.npu_smi import parse_npu_smi_info
 from monitoring.exporter import serve
 
 from test_mon_exporter import JobWriter, get, samples
+from helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "monitoring" / "prometheus" / "alerts.yml"
@@ -175,12 +176,6 @@ def test_grafana_dashboard_layout_is_importable():
 
 # ------------------------------------------------------------------ a real Prometheus server
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(base, path, **params):
     url = f"{base}{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -193,7 +188,7 @@ def prometheus(tmp_path):
     procs = []
 
     def start(target):
-        port = _free_port()
+        port = free_port()
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -232,17 +227,6 @@ def prometheus(tmp_path):
         log.close()
 
 
-def _wait_for(fn, timeout=30.0, what=""):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
-
-
 @pytest.mark.prometheus
 def test_real_prometheus_scrapes_per_device_step_time(tmp_path, prometheus):
     jw = JobWriter(tmp_path / "job1", ranks=2)
@@ -257,12 +241,12 @@ def test_real_prometheus_scrapes_per_device_step_time(tmp_path, prometheus):
             assert res["status"] == "success"
             return {m["metric"]["rank"]: float(m["value"][1]) for m in res["data"]["result"]}
 
-        got = _wait_for(lambda: step_times() if len(step_times()) == 2 else None, what="two devices")
+        got = wait_for(lambda: step_times() if len(step_times()) == 2 else None, interval=0.3, what="two devices")
         assert got == {"0": 0.25, "1": 0.5}
         # the job keeps training: rank 1 slows down; Prometheus sees the new value on a later scrape
         jw.steps(1, 4, 3, 1.5)
         jw.steps(0, 4, 3, 0.25)
-        got = _wait_for(lambda: (lambda v: v if v.get("1") == 1.5 else None)(step_times()), what="new step time")
+        got = wait_for(lambda: (lambda v: v if v.get("1") == 1.5 else None)(step_times()), interval=0.3, what="new step time")
         assert got["0"] == 0.25
         # the labels Prometheus stored: exporter's job id kept (honor_labels), device and host
         res = _api(base, "/api/v1/query", query='pspnet_step_time_seconds{job="job1",rank="1"}')
@@ -277,7 +261,7 @@ def test_real_prometheus_scrapes_per_device_step_time(tmp_path, prometheus):
         def rules():
             rs = [r for g in _api(base, "/api/v1/rules")["data"]["groups"] for r in g["rules"]]
             return rs if rs and all(r["health"] == "ok" for r in rs) else None
-        rules = _wait_for(rules, what="alert rules evaluated")
+        rules = wait_for(rules, interval=0.3, what="alert rules evaluated")
         assert {r["name"] for r in rules} >= {"PspnetRankDown", "PspnetStraggler", "PspnetStalled",
                                               "PspnetRestartStorm"}
         # every Grafana query parses and runs on real data

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import alive, free_port, job_json, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "workers" / "fake_worker.py"
@@ -26,33 +27,8 @@ def start_launcher(job_dir, fake, *flags, devices="2"):
                             cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def ckpt_steps(job_dir, rank):
     return sorted(p.name for p in (Path(job_dir) / "ckpt" / f"rank_{rank}").glob("*.ckpt.json"))
-
-
-def job_json(job_dir):
-    return json.loads((Path(job_dir) / "job.json").read_text())
 
 
 def test_sigkill_of_launcher_leaves_no_rank(tmp_path):
@@ -93,8 +69,10 @@ def test_signal_to_launcher_stops_cleanly(tmp_path, sig):
 
 def test_stop_then_resume_status_logs(tmp_path):
     jd = tmp_path / "job"
-    proc = start_launcher(jd, "--steps 40 --step-time 0.05 --ckpt-every 5 --ignore-sigterm --bad-rank 9",
-                          "--grace", "2")
+    # rank 0 holds at step 20 of the first attempt, so the job is still running when `stop` comes however
+    # slowly a loaded machine starts the command
+    proc = start_launcher(jd, "--steps 40 --step-time 0.05 --ckpt-every 5 --ignore-sigterm --bad-rank 0 "
+                              "--bad-attempt 0 --hang-at 20", "--grace", "2")
     try:
         wait_for(lambda: ckpt_steps(jd, 0) and ckpt_steps(jd, 1), what="checkpoints on both ranks")
         res = cli("stop", jd)
@@ -237,22 +215,20 @@ def test_spec_file_and_command_line_merge(tmp_path):
 
 def test_metrics_port_serves_process_stats_of_live_ranks(tmp_path):
     import urllib.request
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     jd = tmp_path / "job"
     proc = start_launcher(jd, "--steps 10000 --step-time 0.05", "--metrics-port", str(port))
     try:
         wait_for(lambda: (jd / "events" / "rank_1.jsonl").exists(), what="rank events")
-        body = ""
-        deadline = time.monotonic() + 60
-        while 'pspnet_process_cpu_seconds_total{' not in body or 'rank="1"' not in body and time.monotonic() < deadline:
+        def scrape():
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             except OSError:
-                pass
-            time.sleep(0.2)
-        assert 'pspnet_process_cpu_seconds_total{' in body and 'rank="0"' in body and 'rank="1"' in body
+                return None
+            cpu = [l for l in body.splitlines() if l.startswith("pspnet_process_cpu_seconds_total{")]
+            return cpu if any('rank="0"' in l for l in cpu) and any('rank="1"' in l for l in cpu) else None
+
+        wait_for(scrape, timeout=60, interval=0.2, what="process figures of both ranks on /metrics")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)

@@ -15,15 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import events
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["crop_size=65", "batch_size=2", "max_steps_per_epoch=1", "epochs=2", "synth_images=8",
              "val_every=0", "keep_checkpoints=2", "workers=1"]
-
-
-def _events(job_dir, rank):
-    path = Path(job_dir) / "events" / f"rank_{rank}.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 
 def _sidecars(job_dir, rank):
@@ -56,11 +52,11 @@ def test_real_two_rank_job_survives_kill9_and_ranks_agree(tmp_path):
     a0, a1 = d["attempts"]
     assert a0["failure"]["rank"] == 1 and a0["failure"]["signal"] == "SIGKILL"
     # rank 0 sits in an AllReduce and does not act on SIGTERM: the failure grace (0.3 s) ends it
-    assert a0["group_down_s"] < 2.0
+    assert a0["group_down_s"] < 5.0      # not the 10 s grace of a stop
     assert a1["state"] == "succeeded" and a1["resume"]["global_step"] == 1 and a1["resume"]["epoch"] == 1
 
     for r in (0, 1):
-        evs = _events(job, r)
+        evs = events(job, r)
         first = [e for e in evs if e["event"] == "step" and e["attempt"] == 0]
         again = [e for e in evs if e["event"] == "step" and e["attempt"] == 1]
         assert [e["global_step"] for e in first][:1] == [1]

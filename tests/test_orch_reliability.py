@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import alive, events, job_json, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "workers" / "fake_worker.py"
@@ -30,32 +30,8 @@ def start(jd, fake, *flags, devices="2"):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(cond, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def job_json(jd):
-    return json.loads((Path(jd) / "job.json").read_text())
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def step_events(jd, rank):
-    p = Path(jd) / "events" / f"rank_{rank}.jsonl"
-    if not p.exists():
-        return []
-    return [e for e in map(json.loads, p.read_text().splitlines()) if e["event"] == "step"]
+    return [e for e in events(jd, rank) if e["event"] == "step"]
 
 
 def finish(p, sig=signal.SIGTERM):

@@ -67,7 +67,7 @@ def test_supervisor_first_failure_stops_all(tmp_path):
     assert res.failure.last_lines == ["about to fail"]
     assert res.exit_codes == {"rank_0": -15, "rank_1": 4, "rank_2": -9}
     assert ws["rank_2"].signals[:2] == ["TERM", "KILL"]
-    assert 0.2 <= res.group_down_s < 1.0
+    assert 0.2 <= res.group_down_s < 10        # killed after the failure grace (0.2 s), not the grace (30 s)
 
 
 def test_supervisor_success_waits_for_scheduler_and_stop_request(tmp_path):

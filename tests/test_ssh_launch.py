@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sshd import sshd_cluster  # noqa: F401 - the fixture
+from helpers import alive, events, job_json, wait_for
 
 pytestmark = pytest.mark.ssh
 
@@ -29,31 +30,6 @@ def run_launch(argv, cwd, timeout=120):
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def events(job_dir, rank):
-    p = Path(job_dir) / "events" / f"rank_{rank}.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-
-
-def wait_for(pred, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def rank_pids(job_dir, world):
     """The remote pid of every rank, from its `start` event (the remote hosts are this machine)."""
     pids = {}
@@ -62,10 +38,6 @@ def rank_pids(job_dir, world):
         if starts:
             pids[r] = starts[-1]["pid"]
     return pids if len(pids) == world else None
-
-
-def job_json(job_dir):
-    return json.loads((Path(job_dir) / "job.json").read_text())
 
 
 def test_two_hosts_run_to_completion_with_host_labels(sshd_cluster, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from cluster import ssh
 from sshd import sshd_cluster  # noqa: F401 - the fixture
+from helpers import alive, wait_for
 
 pytestmark = pytest.mark.ssh
 
@@ -24,19 +25,6 @@ FAMILY = (
 )
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_gone(pids, timeout=5.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -49,10 +37,8 @@ def wait_gone(pids, timeout=5.0) -> bool:
 def start_family(conn, host, lines):
     cmd = ssh.wrapped_command(host.python, [host.python, "-c", FAMILY], {}, host.workdir, grace=2)
     proc = ssh.RemoteProcess(conn, cmd, lines.append, label=host.name)
-    assert proc.wait_started(10), proc.output_tail()
-    end = time.monotonic() + 10
-    while not any(l.startswith("pids ") for l in lines) and time.monotonic() < end:
-        time.sleep(0.02)
+    wait_for(lambda: proc.remote_pid, timeout=10, what="the remote pid")
+    wait_for(lambda: any(l.startswith("pids ") for l in lines), timeout=10, what="the family's pids")
     pids = [int(x) for x in next(l for l in lines if l.startswith("pids ")).split()[1:]]
     assert pids[0] == proc.remote_pid
     return proc, pids

@@ -17,6 +17,7 @@ import pytest
 
 from cluster.contracts.jobdir import list_checkpoints, read_sidecar
 from cluster.contracts.events import parse_line
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["crop_size=65", "base_size=80", "batch_size=2", "batch_size_val=2", "init_lr=0.01", "workers=1"]
@@ -158,12 +159,6 @@ def test_eval_export_infer_on_the_trained_checkpoint(first_run):
         assert np.array(img).max() < 21
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_in_a_dynamic_cluster_stay_identical(tmp_path):
     import mindspore as ms
     port = free_port()
@@ -201,7 +196,7 @@ def test_two_ranks_in_a_dynamic_cluster_stay_identical(tmp_path):
     ep = {r: [e for e in events[r] if e["event"] == "epoch"][-1] for r in (0, 1)}
     assert ep[0]["miou"] == ep[1]["miou"] and ep[0]["allacc"] == ep[1]["allacc"]
     ck = {r: list_checkpoints(tmp_path / "job" / "ckpt" / f"rank_{r}")[-1] for r in (0, 1)}
-    # 4 steps: past the third, where the CPU dynamic cluster used to stall with mindspore.dataset feeding it
+    # 4 steps: past the third, where a CPU dynamic cluster fed by mindspore.dataset stalls
     assert ck[0].global_step == ck[1].global_step == 4
     p0, p1 = (ms.load_checkpoint(str(ck[r].path)) for r in (0, 1))
     # weights and momentum buffers: everything but BatchNorm statistics and the per-rank dropout seed
