@@ -72,7 +72,7 @@ def test_stop_then_resume_status_logs(tmp_path):
     # rank 0 holds at step 20 of the first attempt, so the job is still running when `stop` comes however
     # slowly a loaded machine starts the command
     proc = start_launcher(jd, "--steps 40 --step-time 0.05 --ckpt-every 5 --ignore-sigterm --bad-rank 0 "
-                              "--bad-attempt 0 --hang-at 20", "--grace", "2")
+                              "--bad-attempt 0 --hang-at 20", "--grace", "2", "--no-report")
     try:
         wait_for(lambda: ckpt_steps(jd, 0) and ckpt_steps(jd, 1), what="checkpoints on both ranks")
         res = cli("stop", jd)
