@@ -169,7 +169,7 @@ class ElsewhereBackend(Backend):
         self.calls = []
 
     def discover(self):
-        from cluster.devices import cpu_server
+        from cluster.accelerators import cpu_server
         self.calls.append("discover")
         return [replace(cpu_server(2), host="nodeA")]
 

@@ -222,7 +222,7 @@ class SSHBackend(Backend):
     def session(self) -> HostSession:
         """The job's hosts and connections (the hostfile is read on first use; connections open lazily)."""
         if self._session is None:
-            from cluster.devices import ClusterInputError
+            from cluster.errors import ClusterInputError
             from orchestrator.plan import PlanError
             if not self.spec.hosts:
                 raise PlanError("--launcher ssh: needs --hosts FILE (a hostfile) or --hosts a,b,c")
