@@ -1,5 +1,6 @@
 """What a remote rank is told, computed without SSH: paths mapped to the host's job dir, python mapped
 to the host's interpreter, the scheduler on the first host, the copied config, and the shell line."""
+import json
 import shlex
 import sys
 
@@ -95,3 +96,34 @@ def test_ssh_without_hosts_is_bad_input(tmp_path):
     b = SSHBackend(JobSpec(devices="1", job_dir=str(tmp_path), launcher="ssh"))
     with pytest.raises(PlanError, match="needs --hosts"):
         b.discover()
+
+
+def test_the_remote_helper_answers_a_free_port_and_ends_only_the_jobs_processes(tmp_path):
+    """What each host runs (``python -m orchestrator.backends.ssh ...``), run here as the hosts run it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from orchestrator.backends.ssh import HELPER, LEFT_MARK, PORT_MARK
+    out = subprocess.run([sys.executable, "-m", HELPER, "free-port"], capture_output=True, text=True, timeout=60)
+    port = int(out.stdout.strip()[len(PORT_MARK):])
+    from cluster.proc import port_is_free
+    assert out.returncode == 0 and 0 < port < 65536 and port_is_free(port, "0.0.0.0")
+
+    def sleeper(job_dir):
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                env={**os.environ, "PSPNET_JOB_ID": "job-7", "PSPNET_JOB_DIR": job_dir})
+    ours, other = sleeper("/data/runs/job-7"), sleeper("/data/runs/other")
+    try:
+        ended = []
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:   # its environment is readable once it exec'd
+            res = subprocess.run([sys.executable, "-m", HELPER, "leftovers", "--job-id", "job-7", "--job-dir",
+                                  "/data/runs/job-7"], capture_output=True, text=True, timeout=60)
+            ended = json.loads(res.stdout.strip()[len(LEFT_MARK):])["ended"]
+        assert ended == [ours.pid] and ours.wait(10) == -signal.SIGKILL and other.poll() is None
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait(10)

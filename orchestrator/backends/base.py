@@ -9,19 +9,20 @@ behind one small class, ``Backend``.  A job's life, and which method is called w
     servers = backend.discover()             # facts: nodes and their devices (preflight included)
     plan = resolve_plan(spec, servers)       # pure: no connection, no file written
     # --- launch --dry-run stops here: describe_plan(...) + backend.describe(plan, workers)
-    backend.prepare(plan)                    # side effects: files each node needs (idempotent)
     for every attempt:
-        host, port = backend.rendezvous(plan, attempt)          # dynamic mode only
-        workers = attempt_workers(plan, attempt, (host, port), resume, backend.node_view)
-        handles = backend.start_all(workers, sinks)            # -> start(worker, sink) per worker
+        backend.prepare(plan)                # side effects: files each node needs (first call only)
+        resume = backend.checkpoints(plan.ranks)            # after a failure, and on ``resume``
+        host, port = backend.rendezvous(plan, attempt)      # dynamic mode only
+        workers = attempt_workers(plan, attempt, (host, port), resume.paths, backend.node_view)
+        handles = backend.start_all(workers, sinks)        # -> start(worker, sink) per worker
         ... Supervisor polls/terminates/kills the handles ...
-        resume = backend.checkpoints(plan.ranks)               # before a restart / on resume
+        backend.end_attempt(handles)
     backend.stats()                          # any time, from the metrics exporter's thread
-    backend.close()                          # always (the runner and the commands use ``with``)
+    backend.close()                          # always (the commands use ``with backend:``)
 
-After every attempt the runner calls ``end_attempt(handles)``.  ``status``, ``stop`` and ``resume``
-reopen the backend a job was launched with (job.json's ``spec.launcher``) and call ``status(job)``,
-``stop_leftovers(job)``, ``end_strays(job)`` and ``checkpoints(ranks)``.
+``status``, ``stop`` and ``resume`` reopen the backend a job was launched with (job.json's
+``spec.launcher``) and call ``status(job)``, ``stop_leftovers(job)``, ``end_strays(job)`` and
+``checkpoints(ranks)``.
 
 Conventions every backend keeps, so events, logs and checkpoints look the same everywhere:
 
@@ -40,8 +41,9 @@ Conventions every backend keeps, so events, logs and checkpoints look the same e
   splits events from log lines and writes ``logs/`` and ``events/`` in the job dir on this machine.
 - A worker must not outlive the launcher: if the launcher dies (even by SIGKILL), its workers die
   (PDEATHSIG locally, the wrapper watching its channel over SSH, the step's lifetime under a scheduler).
-- Bad input found by ``discover`` or ``prepare`` raises ``PlanError`` (exit 2, nothing started
-  anywhere); a worker that cannot start raises ``LaunchError`` (the attempt fails, no restart).
+- Bad input found by ``discover`` raises ``PlanError`` (exit 2, nothing started anywhere); a node that
+  cannot be prepared or a worker that cannot start raises ``LaunchError`` (the attempt fails, no
+  restart).
 - No module-level state: connections, sessions and handles belong to the backend object, and
   ``close()`` releases them.  Two jobs in one process use two objects.
 
@@ -49,7 +51,8 @@ Room for schedulers: ``start_all`` may start every worker of an attempt as one u
 one pod group) and return one handle per worker; ``rendezvous`` may derive the scheduler address from
 the allocation (first node, a port from the scheduler's job id), the way Kubernetes operators set
 ``MS_SCHED_HOST``; ``prepare`` may place the rank table where the nodes read it (a shared job dir, a
-ConfigMap) as long as ``RANK_TABLE_FILE`` in ``node_view`` names that place.
+ConfigMap mounted there) as long as each node finds it as ``rank_table.json`` in the job dir its
+``node_view`` names (that path is the ranks' ``RANK_TABLE_FILE``).
 """
 from __future__ import annotations
 

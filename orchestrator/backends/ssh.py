@@ -29,7 +29,7 @@ The backend object owns its connections (``HostSession``) and ``close()`` closes
 
 Remote helper: ``python -m orchestrator.backends.ssh checkpoints --job-dir D --ranks 0,1 [--verify STEP]``
 prints the host's checkpoints as one JSON line; ``... leftovers --job-id J --job-dir D`` ends the
-host's processes tagged with that job and prints their pids.  Nothing here imports fabric or MindSpore at import time.
+host's processes tagged with that job and prints their pids; ``... free-port`` prints a port free there.  Nothing here imports fabric or MindSpore at import time.
 """
 from __future__ import annotations
 
@@ -61,8 +61,7 @@ PROCESSES_PER_CONNECTION = 6
 CONFIG_COPY = "config.resolved.yaml"
 LOOPBACK = ("127.0.0.1", "localhost", "", "::1")
 HELPER = "orchestrator.backends.ssh"
-#: what the first host runs to find a port free there for the scheduler
-_FREE_PORT_CODE = "import socket; s = socket.socket(); s.bind(('0.0.0.0', 0)); print(s.getsockname()[1])"
+PORT_MARK = "@pspnet-port "
 
 
 # ---------------------------------------------------------------- hosts and connections
@@ -279,10 +278,14 @@ class SSHBackend(Backend):
         address = master.address if self.spec.sched_host in LOOPBACK else self.spec.sched_host
         if self.spec.sched_port is not None:
             return address, int(self.spec.sched_port)
-        res = ssh.run(self.session.conn(master.name),
-                      ssh.remote_command([master.python, "-c", _FREE_PORT_CODE]), host=master.name)
-        text = res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else ""
-        return address, int(text) if text.isdigit() else free_port()
+        argv = [master.python, "-m", HELPER, "free-port"]
+        res = ssh.run(self.session.conn(master.name), ssh.remote_command(argv, master.env, master.workdir),
+                      host=master.name)
+        for line in reversed(res.stdout.splitlines()):
+            if line.startswith(PORT_MARK) and line[len(PORT_MARK):].strip().isdigit():
+                return address, int(line[len(PORT_MARK):])
+        self.log(f"warning: no free port reported by {master.name} ({res.reason()}); trying one free here")
+        return address, free_port()
 
     # ------------------------------------------------------------ files on every host
     def prepare(self, plan: "JobPlan") -> None:
@@ -506,10 +509,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--job-dir", required=True)
     c.add_argument("--ranks", required=True, help="comma-separated rank ids")
     c.add_argument("--verify", type=int, default=None, help="check the sha256 of this global step's files")
+    sub.add_parser("free-port", help="a TCP port free on this host now (for the scheduler)")
     lo = sub.add_parser("leftovers", help="end this host's processes of the job; print their pids as JSON")
     lo.add_argument("--job-id", required=True)
     lo.add_argument("--job-dir", required=True, help="the job dir as this host sees it")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.cmd == "free-port":
+        from cluster.proc import free_port
+        sys.stdout.write(f"{PORT_MARK}{free_port('0.0.0.0')}\n")
+        return 0
     if args.cmd == "leftovers":
         sys.stdout.write(LEFT_MARK + json.dumps(_leftovers_main(args.job_id, args.job_dir)) + "\n")
         return 0
