@@ -150,7 +150,8 @@ def test_the_stop_command_reaches_every_host(sshd_cluster, tmp_path):
     cluster = sshd_cluster(2)
     hostfile = cluster.write_hostfile(tmp_path / "hosts.yaml")
     job = tmp_path / "runs" / "job-stop"
-    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05"), cwd=tmp_path,
+    # no end-of-job report: a loaded machine takes longer to draw it than `stop` waits for the launcher
+    proc = subprocess.Popen(launch_argv(hostfile, job, "--steps 100000 --step-time 0.05", "--no-report"), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         pids = wait_for(lambda: rank_pids(job, 2), what="both ranks started")
