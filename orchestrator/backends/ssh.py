@@ -29,7 +29,8 @@ The backend object owns its connections (``HostSession``) and ``close()`` closes
 
 Remote helper: ``python -m orchestrator.backends.ssh checkpoints --job-dir D --ranks 0,1 [--verify STEP]``
 prints the host's checkpoints as one JSON line; ``... leftovers --job-id J --job-dir D`` ends the
-host's processes tagged with that job and prints their pids; ``... free-port`` prints a port free there.  Nothing here imports fabric or MindSpore at import time.
+host's processes tagged with that job and prints their pids; ``... free-port`` prints a port free there.
+Nothing here imports fabric or MindSpore at import time.
 """
 from __future__ import annotations
 
