@@ -1,4 +1,4 @@
-"""What each Slurm task of a pspnet-cluster step runs (``python -m cluster.slurm_task ...``).
+"""What each Slurm task of a pspnet-cluster step runs (``python -S .../cluster/slurm_task.py ...``).
 
 The launcher starts one ``srun`` step per attempt; every task of it runs ``run``, which turns the
 task's Slurm identity (SLURM_PROCID, SLURM_LOCALID, SLURMD_NODENAME) into the rank the plan gave it:
@@ -26,8 +26,9 @@ and ``srun --kill-on-bad-exit`` takes the whole step down.
 job dir (a token file the launcher wrote), the Python and the devices it would use, as one
 ``@@pspnet-slurm probe {json}`` line.
 
-This module imports little (the rank environment contract, process helpers; cluster/devices.py only
-for a probe), so a task adds about one Python start-up to each rank's start.
+The launcher runs it by path with ``python -S`` (no site-packages), and it imports only the standard
+library and cluster/proc.py (cluster/devices.py for an accelerator probe), so a task adds a bare
+interpreter's start-up to each rank's start.
 """
 from __future__ import annotations
 
@@ -40,8 +41,12 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from cluster.contracts.env import RankEnv
-from cluster.proc import child_setup, pump_lines
+if __name__ == "__main__" and __package__ in (None, ""):
+    # run by path with ``python -S`` (no site: the interpreter starts in a fraction of the time); the
+    # checkout's root makes ``cluster`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cluster.proc import child_setup, pump_lines  # noqa: E402
 
 CONTROL = "@@pspnet-slurm "
 #: seconds between two CPU/memory reports of a rank (the launcher's metrics exporter shows them)
@@ -77,28 +82,41 @@ def _pump(proc: subprocess.Popen, prefix: str) -> threading.Thread:
     return t
 
 
+def _tree_usage(pid: int) -> Optional[tuple]:
+    """(CPU seconds, resident bytes) of a process and its descendants, from /proc (Linux); None once
+    it is gone.  Read directly: the wrapper runs without site-packages, so psutil is not at hand."""
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    cpu = rss = 0.0
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            cpu += (int(f[11]) + int(f[12])) / tick
+            rss += int(f[21]) * page
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError, IndexError):
+            if p == pid:
+                return None
+    return cpu, rss
+
+
 def _report_stats(proc: subprocess.Popen, every: float) -> None:
     """CPU seconds and resident memory of the rank and its children, until it ends."""
     def run() -> None:
-        try:
-            import psutil
-            p = psutil.Process(proc.pid)
-        except Exception:  # noqa: BLE001 - no figures, nothing else lost
-            return
+        time.sleep(min(every, 0.5))     # a process that has not exec'ed yet shows no memory
         while proc.poll() is None:
-            try:
-                procs = [p, *p.children(recursive=True)]
-                cpu = rss = 0.0
-                for q in procs:
-                    try:
-                        t = q.cpu_times()
-                        cpu += t.user + t.system
-                        rss += q.memory_info().rss
-                    except psutil.Error:
-                        continue
-                emit(f"{CONTROL}stats {cpu:.3f} {int(rss)}")
-            except psutil.Error:
+            usage = _tree_usage(proc.pid)
+            if usage is None:
                 return
+            if usage[1] > 0:
+                emit(f"{CONTROL}stats {usage[0]:.3f} {int(usage[1])}")
             time.sleep(every)
     threading.Thread(target=run, daemon=True).start()
 
@@ -123,14 +141,14 @@ def run(attempt_file: str) -> int:
         print(f"pspnet-cluster slurm task {procid}: the plan has only {len(tasks)} ranks", file=sys.stderr, flush=True)
         return 2
     entry = tasks[procid]
-    rank = RankEnv.from_env(entry.get("env", {}))
     localid = os.environ.get("SLURM_LOCALID", "")
+    local_rank = entry.get("local_rank")
     misplaced = (entry.get("host") and node and entry["host"] != node) or \
-        (localid.isdigit() and rank.local_rank is not None and int(localid) != rank.local_rank)
+        (localid.isdigit() and local_rank is not None and int(localid) != local_rank)
     if misplaced:
         print(f"pspnet-cluster slurm task {procid}: Slurm placed it on {node} as local task {localid}; the plan "
-              f"has rank {rank.rank} on {entry.get('host')} as local rank {rank.local_rank} (the srun distribution "
-              "or the allocation differs from the plan)", file=sys.stderr, flush=True)
+              f"has rank {entry.get('rank')} on {entry.get('host')} as local rank {local_rank} (the srun "
+              "distribution or the allocation differs from the plan)", file=sys.stderr, flush=True)
         return 2
     # Slurm signals the whole group; the rank acts on SIGTERM itself, this task only waits for it and
     # says so with the rank's exit, so the launcher can tell a stop from outside from a failure
@@ -180,19 +198,20 @@ def probe(token: str, devices: str, backend: str, hccn_conf: Optional[str], npu_
             report["token"] = fh.read().strip()
     except OSError as exc:
         report["token_error"] = exc.strerror or str(exc)
-    try:
-        from cluster.accelerators import discover_local
-        server = discover_local(backend, devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
-        report["devices"] = [d.to_dict() for d in server.devices]
-    except Exception as exc:  # noqa: BLE001 - reported to the launcher, which names the node
-        report["error"] = str(exc)
+    if backend not in ("cpu", "gpu"):      # CPU slots need no look at the node: the launcher counts them
+        try:
+            from cluster.accelerators import discover_local
+            server = discover_local(backend, devices=devices, hccn_conf=hccn_conf, npu_smi=npu_smi)
+            report["devices"] = [d.to_dict() for d in server.devices]
+        except Exception as exc:  # noqa: BLE001 - reported to the launcher, which names the node
+            report["error"] = str(exc)
     emit(CONTROL + "probe " + json.dumps(report))
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m cluster.slurm_task")
+    ap = argparse.ArgumentParser(prog="python -S cluster/slurm_task.py")
     sub = ap.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="start this task's rank (and on task 0 the scheduler)")
     r.add_argument("attempt_file")

@@ -32,7 +32,7 @@ def _events(job, rank):
 
 def test_four_ranks_on_two_nodes_as_one_step(slurm_cluster, tmp_path):
     job = tmp_path / "job"
-    out, res = _drive(slurm_cluster, job, extra=("--steps", "3", "--print-env"))
+    out, res = _drive(slurm_cluster, job, extra=("--steps", "3", "--step-time", "0.4", "--print-env"))
     assert out is not None, res.stdout + res.stderr
     assert out["outcome"] == "succeeded" and set(out["exit_codes"].values()) == {0}
     assert out["servers"] == ["node1", "node2"]

@@ -65,7 +65,7 @@ def test_dry_run_shows_the_srun_line_and_starts_nothing(slurm_cluster, tmp_path)
     assert res.returncode == 0, res.stderr
     srun = next(l for l in res.stdout.splitlines() if "srun " in l)
     for part in ("--nodes=2", "--ntasks=4", "--ntasks-per-node=2", "--kill-on-bad-exit=1", "--label",
-                 "-m cluster.slurm_task run"):
+                 "-S ", "cluster/slurm_task.py run"):
         assert part in srun
     assert not (job / "job.json").exists() and not (job / "slurm").exists()
 

@@ -69,6 +69,13 @@ def slurm_tool(name: str) -> str:
     return path
 
 
+def task_command() -> List[str]:
+    """How a task starts the wrapper: this interpreter without site-packages (-S: it needs none, and
+    skipping them saves most of an interpreter's start-up on every rank's start), by path."""
+    import cluster.slurm_task
+    return [sys.executable, "-S", os.path.abspath(cluster.slurm_task.__file__)]
+
+
 def read_slurm_json(job_dir: str) -> Dict[str, Any]:
     try:
         data = json.loads((Path(job_dir) / SLURM_JSON).read_text())
@@ -416,11 +423,16 @@ class SlurmBackend(Backend):
                     f"{node} (SLURM_JOB_CPUS_PER_NODE={os.environ.get('SLURM_JOB_CPUS_PER_NODE')}); ask sbatch/salloc "
                     f"for --ntasks-per-node={count} or use --devices {cpus}")
         self._addrs = node_addresses(alloc.nodes)
-        reports = self._probe(alloc)
+        # CPU (and GPU) slots need no look at the nodes; auto may find NPUs there, so it asks them
+        slots = wanted if s.backend in ("cpu", "gpu") else None
+        reports = self._probe(alloc, "cpu" if slots is not None else s.backend)
         servers = []
         for node in alloc.nodes:
             rep = reports[node]
-            devs = tuple(Device(**d) for d in rep["devices"])
+            if slots is not None:
+                devs = tuple(Device(device_id=i, logical_id=k) for k, i in enumerate(slots))
+            else:
+                devs = tuple(Device(**d) for d in rep["devices"] or ())
             servers.append(Server(server_id=self._addrs.get(node, node), devices=devs, host=node,
                                   host_ip=self._addrs.get(node)))
         counts = {len(sv.devices) for sv in servers}
@@ -431,7 +443,7 @@ class SlurmBackend(Backend):
         self._per_node = counts.pop()
         return servers
 
-    def _probe(self, alloc: "SlurmEnv") -> Dict[str, Dict[str, Any]]:
+    def _probe(self, alloc: "SlurmEnv", probe_backend: str) -> Dict[str, Dict[str, Any]]:
         """One task per node: does it see the job dir, which devices does it have?  PlanError otherwise."""
         from cluster.slurm_task import CONTROL
         s = self.spec
@@ -447,8 +459,8 @@ class SlurmBackend(Backend):
         n = len(alloc.nodes)
         argv = [slurm_tool("srun"), f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1", "--mpi=none",
                 "--kill-on-bad-exit=1", "--label", f"--job-name=pspnet-probe-{s.job_id}",
-                sys.executable, "-m", "cluster.slurm_task", "probe", "--token", str(token_path),
-                "--devices", str(s.devices), "--backend", s.backend]
+                *task_command(), "probe", "--token", str(token_path),
+                "--devices", str(s.devices), "--backend", probe_backend]
         if s.hccn_conf:
             argv += ["--hccn-conf", s.hccn_conf]
         if s.npu_smi:
@@ -488,7 +500,7 @@ class SlurmBackend(Backend):
                                 "file system every node mounts at the same path (pick one with --job-dir)")
             elif rep.get("error"):
                 problems.append(f"{node}: {rep['error']}")
-            elif not rep.get("devices"):
+            elif probe_backend not in ("cpu", "gpu") and not rep.get("devices"):
                 problems.append(f"{node}: no devices for --devices {s.devices}")
         if problems:
             tail = [l for l in res.stderr.splitlines() if l.strip()][-5:]
@@ -534,7 +546,7 @@ class SlurmBackend(Backend):
         bind = self.spec.bind_cores if self.spec.bind_cores is not None else self.spec.backend == "ascend"
         if bind:
             argv.append("--cpu-bind=cores")    # Slurm splits each node's CPUs between its tasks
-        return argv + [sys.executable, "-m", "cluster.slurm_task", "run", attempt_file]
+        return argv + [*task_command(), "run", attempt_file]
 
     def describe(self, plan: "JobPlan", workers: Sequence["WorkerSpec"]) -> List[str]:
         alloc = self.allocation()
@@ -563,7 +575,8 @@ class SlurmBackend(Backend):
         attempt_file = d / f"attempt_{attempt}.json"
 
         def entry(w: "WorkerSpec") -> Dict[str, Any]:
-            return {"rank": w.rank, "host": w.host, "argv": list(w.argv), "env": dict(w.env), "cwd": w.cwd}
+            return {"rank": w.rank, "local_rank": w.local_rank, "host": w.host, "argv": list(w.argv),
+                    "env": dict(w.env), "cwd": w.cwd}
         atomic_write_json(attempt_file, {"attempt": attempt, "tasks": [entry(w) for w in ranks],
                                          "scheduler": entry(sched[0]) if sched else None,
                                          "scheduler_linger": 30.0})

@@ -40,7 +40,7 @@ def main() -> int:
         def sample():
             while not stats.get("done"):
                 for r, st in b.stats().items():
-                    stats.setdefault(r, st)
+                    stats[r] = st
                 time.sleep(0.2)
         import threading
         sampler = threading.Thread(target=sample, daemon=True)
