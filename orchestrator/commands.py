@@ -303,8 +303,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
             time.sleep(0.05)          # a launcher that just took the lock writes its identity next
             who = read_launcher(args.job_dir)
         if who is not None and not who.is_here():
-            return _err("stop", f"{args.job_dir}: the job's launcher runs on {who.host} (pid {who.pid}); "
-                                "run `pspnet-cluster stop` there")
+            try:
+                with _backend_of(state) as backend:
+                    said = backend.stop_elsewhere(state)       # e.g. Slurm: scancel the batch job
+            except SpecError:
+                said = []
+            if not said:
+                return _err("stop", f"{args.job_dir}: the job's launcher runs on {who.host} (pid {who.pid}); "
+                                    "run `pspnet-cluster stop` there")
+            for line in said:
+                print(line)
+            deadline = time.monotonic() + timeout
+            while job_running(args.job_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return 0
         if who is None or not who.alive():
             if job_running(args.job_dir):
                 return _err("stop", f"{args.job_dir}: the job dir is locked but its launcher.pid names no live "

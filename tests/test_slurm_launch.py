@@ -188,3 +188,17 @@ def test_a_queued_job_shows_slurms_state_and_stop_cancels_it(slurm_cluster, tmp_
         assert slurm_cluster.wait_job(slurm_id, 30) == "CANCELLED"
     finally:
         slurm_cluster.run(["scancel", blocker])
+
+
+def test_stop_cancels_a_batch_job_whose_launcher_runs_on_another_node(slurm_cluster, tmp_path):
+    slurm_id, job = _submit(slurm_cluster, tmp_path, "stop1", fake=("--steps", "400", "--step-time", "0.05"))
+    _wait_for(lambda: all(any(e["event"] == "step" for e in _events(job, r)) for r in range(4)), 120, "steps")
+    # on a real cluster the launcher runs on the batch node, not where `stop` is typed
+    pid_file = job / "launcher.pid"
+    who = json.loads(pid_file.read_text())
+    pid_file.write_text(json.dumps({**who, "host": "batch-node-elsewhere"}))
+    res = _cli(["stop", str(job)], tmp_path, _env(slurm_cluster))
+    assert res.returncode == 0, res.stderr
+    assert f"scancel {slurm_id}: Slurm job cancelled" in res.stdout
+    assert slurm_cluster.wait_job(slurm_id, 60) == "CANCELLED"
+    _wait_for(lambda: _job(job)["state"] == "stopped", 30, "job.json to say stopped")

@@ -197,6 +197,12 @@ class Backend(abc.ABC):
         Must be cheap and must not fail: ``status`` calls it for every job it lists."""
         return {}
 
+    def stop_elsewhere(self, job: "JobState") -> List[str]:
+        """``stop`` of a job whose launcher runs on another machine: ask the place to stop it (a
+        scheduler cancels the job; the launcher then ends the ranks and marks the job stopped).  Lines
+        for the user; [] when this backend cannot (``stop`` then says where to run it)."""
+        return []
+
     @abc.abstractmethod
     def stop_leftovers(self, job: "JobState") -> List[str]:
         """``stop``, once the launcher was asked to stop or found dead: end what is left of the job where

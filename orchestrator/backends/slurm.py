@@ -624,9 +624,13 @@ class SlurmBackend(Backend):
             return {}
         return {"slurm_job": data["job_id"], "slurm_state": slurm_job_state(data["job_id"]) or "unknown to Slurm"}
 
+    def stop_elsewhere(self, job: "JobState") -> List[str]:
+        """The launcher runs on the batch node: cancel the batch job (the script passes SIGTERM on)."""
+        return self.stop_leftovers(job)
+
     def stop_leftovers(self, job: "JobState") -> List[str]:
         """Cancel the Slurm job a submitted job runs in (its launcher ends the ranks and marks the job
-        stopped); for ``launch`` inside someone's allocation, only the last step."""
+        stopped); a job launched inside someone's own allocation is left to them."""
         data = read_slurm_json(str(job.job_dir))
         jid = data.get("job_id")
         scancel = shutil.which("scancel")
