@@ -174,7 +174,7 @@ def test_time_limit_warning_requeues_and_the_job_resumes_by_itself(slurm_cluster
 
 def test_a_queued_job_shows_slurms_state_and_stop_cancels_it(slurm_cluster, tmp_path):
     # holds every CPU of both nodes, so the submitted job stays queued
-    res = slurm_cluster.run(["sbatch", "--parsable", "--nodes=2", "--exclusive", "--wrap", "sleep 120"])
+    res = slurm_cluster.run(["sbatch", "--parsable", "--nodes=2", "--exclusive", "--output=/dev/null", "--wrap", "sleep 120"])
     blocker = res.stdout.strip()
     try:
         assert slurm_cluster.wait_job(blocker, 30, states=("RUNNING",)) == "RUNNING"
