@@ -21,7 +21,10 @@ def cli(*args, timeout=60, cwd=ROOT):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_launcher(job_dir, fake, *flags, devices="2"):
+def start_launcher(job_dir, fake, *flags, devices="2", report=False):
+    # without the end-of-job report unless a test is about it: drawing it takes a loaded machine longer
+    # than these tests wait for a stopped launcher to exit
+    flags = flags if report else (*flags, "--no-report")
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", "--devices", devices,
                              "--job-dir", str(job_dir), "--quiet", *flags, "--cmd", f"python {FAKE} {fake}"],
                             cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -72,7 +75,7 @@ def test_stop_then_resume_status_logs(tmp_path):
     # rank 0 holds at step 20 of the first attempt, so the job is still running when `stop` comes however
     # slowly a loaded machine starts the command
     proc = start_launcher(jd, "--steps 40 --step-time 0.05 --ckpt-every 5 --ignore-sigterm --bad-rank 0 "
-                              "--bad-attempt 0 --hang-at 20", "--grace", "2", "--no-report")
+                              "--bad-attempt 0 --hang-at 20", "--grace", "2")
     try:
         wait_for(lambda: ckpt_steps(jd, 0) and ckpt_steps(jd, 1), what="checkpoints on both ranks")
         res = cli("stop", jd)
@@ -277,7 +280,7 @@ def test_logs_follow_and_status_of_a_running_job(tmp_path):
 
 def test_a_finished_job_gets_its_report_unless_told_not_to(tmp_path):
     job = tmp_path / "job"
-    proc = start_launcher(job, "--epochs 2 --steps 3 --step-time 0.01")
+    proc = start_launcher(job, "--epochs 2 --steps 3 --step-time 0.01", report=True)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     summary = job / "report" / "summary.md"
@@ -290,7 +293,7 @@ def test_a_finished_job_gets_its_report_unless_told_not_to(tmp_path):
     assert f"report: {summary}" in out
 
     quiet = tmp_path / "no-report"
-    proc = start_launcher(quiet, "--epochs 1 --steps 2 --step-time 0.01", "--no-report")
+    proc = start_launcher(quiet, "--epochs 1 --steps 2 --step-time 0.01")
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     assert not (quiet / "report" / "summary.md").exists()

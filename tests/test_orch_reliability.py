@@ -21,8 +21,10 @@ def cli(*args, timeout=60):
 
 
 def launch_argv(jd, fake, *flags, devices="2"):
+    # --no-report: drawing the end-of-job report takes a loaded machine longer than a test waits for a
+    # stopped launcher to exit, and no test here is about it
     return [sys.executable, "-m", "orchestrator.cli", "launch", "--devices", devices, "--job-dir", str(jd),
-            "--quiet", *map(str, flags), "--cmd", f"python {FAKE} {fake}"]
+            "--quiet", "--no-report", *map(str, flags), "--cmd", f"python {FAKE} {fake}"]
 
 
 def start(jd, fake, *flags, devices="2"):

@@ -13,8 +13,9 @@ FAKE = ROOT / "tests" / "workers" / "fake_worker.py"
 
 
 def launch(job_dir, *flags, fake="", devices="2", timeout=60, extra=()):
+    # --no-report: no test here is about the end-of-job report, which a loaded machine is slow to draw
     cmd = [sys.executable, "-m", "orchestrator.cli", "launch", "--devices", devices, "--job-dir", str(job_dir),
-           "--quiet", *flags, "--cmd", f"python {FAKE} {fake}", *extra]
+           "--quiet", "--no-report", *flags, "--cmd", f"python {FAKE} {fake}", *extra]
     return subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
 
 
