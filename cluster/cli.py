@@ -25,6 +25,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
+from cluster.accelerators import BACKEND_CHOICES
 from cluster.contracts.exitcodes import ExitCode
 
 
@@ -59,7 +60,7 @@ def add_commands(sub: Any) -> None:
         "devices", help="list this machine's devices (Ascend chips with health, or CPU slots)",
         description="List the devices a job can use here: Ascend chips (npu-smi, hccn.conf, hccn_tool) "
                     "with health, power, temperature and memory, or the CPU backend's logical slots.")
-    d.add_argument("--backend", choices=("auto", "cpu", "gpu", "ascend"), default="auto")
+    d.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     d.add_argument("--devices", metavar="N|LIST", help="visible devices: a count (8) or ids (0-3,6)")
     d.add_argument("--hccn-conf", metavar="FILE", help="read this hccn.conf instead of /etc/hccn.conf")
     d.add_argument("--npu-smi", metavar="FILE", help="read this saved `npu-smi info` output instead of running it")

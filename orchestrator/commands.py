@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any, Deque, Dict, Iterable, List
 
+from cluster.accelerators import BACKEND_CHOICES
 from cluster.contracts.exitcodes import HELP as EXIT_CODES, ExitCode
 from cluster.contracts.jobjson import JobJsonError
 from cluster.contracts.states import JobState as State
@@ -55,7 +56,7 @@ def add_commands(sub: Any) -> None:
                    help="seconds between SIGTERM and SIGKILL when the job is stopped (signal, `stop`) [10]")
     p.add_argument("--failure-grace", type=float,
                    help="seconds between SIGTERM and SIGKILL when a rank failed and the group goes down [0.3]")
-    p.add_argument("--backend", choices=("auto", "cpu", "ascend", "gpu"), help="[auto: ascend if found, else cpu]")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="[auto: ascend if found, else cpu]")
     p.add_argument("--mode", choices=("auto", "dynamic", "ranktable"),
                    help="[auto: ranktable on ascend, dynamic otherwise]")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-BACKENDS = ("auto", "cpu", "ascend", "gpu")
+from cluster.accelerators import BACKEND_CHOICES as BACKENDS
+
 MODES = ("auto", "dynamic", "ranktable")
 
 DEFAULT_RUNS = "runs"

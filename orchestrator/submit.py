@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from cluster.accelerators import BACKEND_CHOICES
+
 from cluster.contracts.jobdir import SBATCH as SBATCH_FILE, SLURM
 
 SUBMIT_EPILOG = """\
@@ -68,7 +70,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--job-dir", help="job directory [runs/<job-id>], on a shared file system")
     p.add_argument("--job-id", help="job id [time-based]")
     p.add_argument("--max-restarts", type=int, help="new srun steps after a failure, same allocation [0]")
-    p.add_argument("--backend", choices=("auto", "cpu", "ascend", "gpu"), help="[auto]")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="[auto]")
     p.add_argument("--mode", choices=("auto", "dynamic", "ranktable"), help="[auto]")
     p.add_argument("--hang-timeout", type=float, help="see launch --help")
     p.add_argument("--grace", type=float, help="see launch --help")
