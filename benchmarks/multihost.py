@@ -55,15 +55,15 @@ class TimingSink:
 
 
 def worker_specs(hosts, ranks_per_host, job_dir, remote):
+    from cluster.contracts.env import RankEnv
     from orchestrator.workers import WorkerSpec
     specs = []
     world = len(hosts) * ranks_per_host
     for hi, h in enumerate(hosts):
         for lr in range(ranks_per_host):
             rank = hi * ranks_per_host + lr
-            env = {"RANK_ID": str(rank), "RANK_SIZE": str(world), "DEVICE_ID": str(lr),
-                   "PSPNET_JOB_DIR": job_dir, "PSPNET_JOB_ID": "bench", "PSPNET_ATTEMPT": "0",
-                   "PSPNET_HOST": h.name}
+            env = RankEnv(rank=rank, rank_size=world, device_id=lr, job_dir=job_dir, job_id="bench", attempt=0,
+                          host=h.name).to_env()
             specs.append(WorkerSpec(rank=rank, local_rank=lr, device=lr,
                                     argv=(sys.executable, FAKE, "--steps", "1000000", "--step-time", "0.05"),
                                     env=env, host=h.name if remote else "localhost", cwd=str(ROOT)))
