@@ -563,13 +563,15 @@ class SlurmBackend(Backend):
 
     def start_all(self, workers: Sequence["WorkerSpec"],
                   sinks: Dict[str, "LineSink"]) -> Dict[str, "WorkerHandle"]:
+        from cluster.contracts.env import RankEnv
         from cluster.contracts.jobdir import atomic_write_json
         from orchestrator.workers import ROLE_SCHEDULER, LaunchError
         ranks = sorted((w for w in workers if w.role != ROLE_SCHEDULER), key=lambda w: w.rank)
         sched = [w for w in workers if w.role == ROLE_SCHEDULER]
         if not ranks:
             raise LaunchError("the slurm launcher starts ranks as one step; this attempt has none")
-        attempt = int(ranks[0].env.get("PSPNET_ATTEMPT", len(self._steps)))
+        planned = RankEnv.from_env(ranks[0].env).attempt
+        attempt = planned if planned is not None else len(self._steps)
         d = Path(self.spec.job_dir) / SLURM_DIR
         d.mkdir(parents=True, exist_ok=True)
         attempt_file = d / f"attempt_{attempt}.json"
