@@ -19,13 +19,39 @@ def add_commands(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _agg_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=int, default=100, metavar="N",
+    p.add_argument("--window", type=_int_in(1, 1_000_000, "steps"), default=100, metavar="N",
                    help="steps in the sliding window of the step-time percentiles (default 100)")
-    p.add_argument("--straggler-margin", type=float, default=0.2, metavar="F",
+    p.add_argument("--straggler-margin", type=_float_in(0.0, 100.0, "a fraction"), default=0.2, metavar="F",
                    help="flag a device whose p50 step time exceeds the median of the others by more than F "
                         "(default 0.2 = 20%%)")
-    p.add_argument("--stale-after", type=float, default=300.0, metavar="S",
+    p.add_argument("--stale-after", type=_float_in(0.0, 30 * 86400.0, "seconds"), default=300.0, metavar="S",
                    help="a running rank without an event for S seconds is flagged stalled (default 300)")
+
+
+def _int_in(lo: int, hi: int, what: str):
+    """An argparse type: a whole number lo..hi (a bad one is a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}, a whole number from {lo} to {hi}")
+        return n
+    return parse
+
+
+def _float_in(lo: float, hi: float, what: str):
+    """An argparse type: a finite number lo..hi (NaN and inf are refused: they would turn checks off)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not lo <= v <= hi:     # false for NaN too
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}, a number from {lo:g} to {hi:g}")
+        return v
+    return parse
 
 
 def _agg_kwargs(args: argparse.Namespace) -> dict:
@@ -91,7 +117,7 @@ def add_top(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("job_dir", metavar="JOB_DIR", nargs="+",
                    help="a job dir (or a folder of logs, or files)")
     p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts and tests)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
+    p.add_argument("--interval", type=_float_in(0.05, 3600.0, "seconds"), default=1.0, metavar="S", help="refresh period (default 1 s)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit once the job has ended (job.json state succeeded/failed/stopped)")
     _agg_options(p)
@@ -122,10 +148,19 @@ def add_report(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from cluster.contracts.jobdir import JOB_JSON
     from monitoring.report import write_report
+    # only a job dir: a report folder is written into it, so any other directory must be refused
+    if not (Path(args.job_dir) / JOB_JSON).is_file():
+        what = "a file" if Path(args.job_dir).is_file() else "not a job dir" if Path(args.job_dir).is_dir() \
+            else "does not exist"
+        print(f"pspnet-cluster report: {args.job_dir}: {what} (no {JOB_JSON}); give a job dir, e.g. runs/<job-id>",
+              file=sys.stderr)
+        return 2
     try:
         path = write_report(args.job_dir, out_dir=args.out, **_agg_kwargs(args))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"pspnet-cluster report: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     print(path)
@@ -146,7 +181,7 @@ def add_metrics(subparsers: "argparse._SubParsersAction") -> None:
                     "PATH is a job dir, a folder of logs or files; each job dir is its own job, other paths "
                     "form one job. Ctrl-C stops it.")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--port", type=int, default=DEFAULT_METRICS_PORT, metavar="P",
+    p.add_argument("--port", type=_int_in(0, 65535, "a TCP port"), default=DEFAULT_METRICS_PORT, metavar="P",
                    help=f"TCP port (default {DEFAULT_METRICS_PORT}; 0 picks a free one and prints it)")
     p.add_argument("--host", default="127.0.0.1", metavar="H",
                    help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 for all interfaces)")

@@ -26,6 +26,10 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from cluster.contracts.events import parse_line, split_stream_line
 
 TAIL_LINES = 200
+#: step intervals kept for the adaptive hang check
+STEP_WINDOW = 50
+#: intervals needed before step times count as steady
+STEADY_STEPS = 10
 #: longest saved line (the failure block and job.json hold saved lines; the log holds them whole)
 SAVED_LINE_CHARS = 2000
 #: how often a sink checks that its files are still at their paths
@@ -137,6 +141,14 @@ class RankSink:
         self.last_output = self.created
         self.last_event: Optional[float] = None      # monotonic time of the last event
         self.past_compile: Optional[float] = None    # monotonic time of the first compiled/step event
+        # for the adaptive hang check: seconds between consecutive step events of plain training
+        self.step_intervals: Deque[float] = collections.deque(maxlen=STEP_WINDOW)
+        self.last_step_at: Optional[float] = None    # monotonic time of the last step event
+        self.last_seen = "no event yet"              # where the rank was last seen, for the failure block
+        self.phase: Optional[str] = None             # validation / checkpoint announced, or epoch ended
+        self.ckpt_seconds = 0.0                      # longest checkpoint save seen
+        self.ckpt_steps: set = set()                 # global steps after which a checkpoint was saved
+        self.last_global_step: Optional[int] = None
         self.closed = threading.Event()
         self._lock = threading.Lock()
         if header:
@@ -177,8 +189,60 @@ class RankSink:
         kind = ev.get("event")
         if kind in ("compiled", "step") and self.past_compile is None:
             self.past_compile = now
+        self._note_phase(kind, ev, now)
         if kind == "error":
             self.tail.append(saved_line(f"error event: {ev.get('message')} ({ev.get('where')})"))
+
+    def _note_phase(self, kind: Any, ev: Dict[str, Any], now: float) -> None:
+        if kind == "step":
+            # an interval that spans validation, a checkpoint or a restart is not a step time
+            if self.last_step_at is not None and self.phase is None:
+                self.step_intervals.append(now - self.last_step_at)
+            self.last_step_at = now
+            gs = ev.get("global_step")
+            self.last_global_step = gs if isinstance(gs, int) else None
+            spe, step = ev.get("steps_per_epoch"), ev.get("step")
+            self.phase = "epoch end" if spe is not None and step == spe else None
+            self.last_seen = f"step {ev.get('global_step')} (epoch {ev.get('epoch')} step {step}/{spe})"
+        elif kind == "phase":
+            self.phase = str(ev.get("phase") or "phase")
+            self.last_seen = f"{self.phase} after step {self.last_global_step}"
+        elif kind == "checkpoint":
+            try:
+                self.ckpt_seconds = max(self.ckpt_seconds, float(ev.get("seconds") or 0.0))
+                self.ckpt_steps.add(int(ev.get("global_step")))
+            except (TypeError, ValueError, OverflowError):
+                pass
+            self.phase = "checkpoint"     # the next interval holds the save: not a step time
+            self.last_seen = f"checkpoint of step {ev.get('global_step')}"
+        elif kind in ("start", "compiled", "resumed"):
+            self.step_intervals.clear()
+            self.last_step_at = None
+            self.phase = None
+            self.last_seen = f"{kind} event"
+        elif isinstance(kind, str):
+            self.last_seen = f"{kind} event"
+
+    def step_p95(self) -> Optional[float]:
+        """The 95th percentile of recent step intervals, once there are enough to call them steady."""
+        with self._lock:
+            xs = sorted(self.step_intervals)
+        if len(xs) < STEADY_STEPS:
+            return None
+        return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+
+    def hang_limit(self, k: float, floor: float) -> Optional[float]:
+        """Seconds without a step event after which this rank is hung, from its own step times; None when
+        that cannot be said (step times not steady yet, or validation / a checkpoint / an epoch end
+        under way: then only the fixed --hang-timeout applies)."""
+        p95 = self.step_p95()
+        if p95 is None or self.phase is not None or self.last_step_at is None:
+            return None
+        limit = max(floor, k * p95)
+        gs = self.last_global_step
+        if self.ckpt_steps and isinstance(gs, int) and any(gs % s == 0 for s in _cadences(self.ckpt_steps)):
+            limit += 3 * self.ckpt_seconds + floor   # a checkpoint is due after this step: allow for it
+        return limit
 
     @property
     def fault(self) -> Optional[str]:
@@ -194,3 +258,15 @@ class RankSink:
         """The last ``n`` non-event lines (the event files hold the rest)."""
         with self._lock:
             return list(self.tail)[-n:]
+
+
+def _cadences(steps: set) -> List[int]:
+    """Checkpoint cadences that explain the global steps seen (every K steps)."""
+    import math
+    ordered = sorted(s for s in steps if s > 0)
+    if not ordered:
+        return []
+    k = 0
+    for s in ordered:
+        k = math.gcd(k, s)
+    return [k] if k else []

@@ -255,10 +255,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
             return 0
         spec = JobSpec.from_dict(dict(state.data["spec"]), f"{args.job_dir}/job.json")
         if args.max_restarts is not None:
-            if args.max_restarts < 0:
-                raise SpecError("--max-restarts must be >= 0")
-            spec.max_restarts = args.max_restarts
-            state.data["spec"]["max_restarts"] = args.max_restarts
+            from orchestrator.jobspec import check_max_restarts
+            spec.max_restarts = check_max_restarts(args.max_restarts)
+            state.data["spec"]["max_restarts"] = spec.max_restarts
         backend = open_backend(spec, console.info)
         plan = resolve_plan(spec, backend.discover())
     except (JobJsonError, SpecError, ClusterInputError, JobDirBusy) as exc:
@@ -472,6 +471,14 @@ def _format_status(d: Dict[str, Any]) -> str:
         lines.append(f"  {key}: {value}")
     if d.get("state_note"):
         lines.append(f"  note: {d['state_note']}")
+    backoff = d.get("backoff") if d.get("state") == "restarting" and d.get("launcher_alive") else None
+    if isinstance(backoff, dict):
+        try:
+            left = max(0.0, float(backoff.get("until")) - time.time())
+            lines.append(f"  backoff: restart {backoff.get('restart')} of {backoff.get('of')} in {left:.1f} s "
+                         f"(waiting {float(backoff.get('delay_s')):g} s after quick failures)")
+        except (TypeError, ValueError):
+            pass
     if d.get("message"):
         lines.append(f"  {d['message']}")
     for a in d.get("attempts") or []:

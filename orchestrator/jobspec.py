@@ -17,6 +17,7 @@ Errors are ``SpecError`` (bad input: the CLI answers exit 2) naming the file/opt
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -109,26 +110,24 @@ class JobSpec:
         if self.mode not in MODES:
             raise bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if isinstance(self.overrides, str):
-            self.overrides = shlex.split(self.overrides)
+            self.overrides = _split(self.overrides, lambda msg: bad("overrides", msg))
         self.overrides = [str(o) for o in (self.overrides or [])]
         if isinstance(self.cmd, str):
-            self.cmd = shlex.split(self.cmd)
+            self.cmd = _split(self.cmd, lambda msg: bad("cmd", msg))
             if not self.cmd:
                 raise bad("cmd", "empty command")
-        for key in ("max_restarts",):
+        self.max_restarts = check_max_restarts(self.max_restarts, lambda msg: bad("max_restarts", msg))
+        for key, most in SECONDS_LIMITS.items():
+            v = getattr(self, key)
             try:
-                setattr(self, key, int(getattr(self, key)))
-            except (TypeError, ValueError):
-                raise bad(key, f"{getattr(self, key)!r} is not an integer") from None
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
-        for key in ("hang_timeout", "startup_timeout", "grace", "failure_grace"):
-            try:
-                setattr(self, key, float(getattr(self, key)))
-            except (TypeError, ValueError):
+                if isinstance(v, bool):
+                    raise TypeError
+                v = float(v)
+            except (TypeError, ValueError, OverflowError):
                 raise bad(key, f"{getattr(self, key)!r} is not a number of seconds") from None
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0 seconds")
+            if not math.isfinite(v) or not 0 <= v <= most:
+                raise bad(key, f"{getattr(self, key)!r}: give a number of seconds from 0 to {most:g}")
+            setattr(self, key, v)
         for key in ("metrics_port", "sched_port"):
             v = getattr(self, key)
             if v is not None:
@@ -179,6 +178,34 @@ class JobSpec:
         return not self.cmd
 
 
+#: upper bounds of the seconds options (NaN, inf and negatives are refused too: NaN would turn a
+#: check off without a word, since every comparison with it is false)
+SECONDS_LIMITS = {"hang_timeout": 30 * 86400.0, "startup_timeout": 30 * 86400.0, "grace": 3600.0,
+                  "failure_grace": 3600.0}
+
+
+def _split(text: str, error: Any) -> List[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:   # "No closing quotation", "No escaped character"
+        raise error(f"{text!r} cannot be split into words ({exc}); check its quotes") from None
+
+
+def check_max_restarts(value: Any, error: Any = None) -> int:
+    """An integer 0..MAX_RESTARTS, or the error ``error(message)`` returns (SpecError by default)."""
+    from orchestrator.restart_policy import MAX_RESTARTS
+    error = error or (lambda msg: SpecError(f"--max-restarts: {msg}"))
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise error(f"{value!r} is not a whole number") from None
+    if not 0 <= n <= MAX_RESTARTS:
+        raise error(f"{value!r}: give a number of restarts from 0 to {MAX_RESTARTS}")
+    return n
+
+
 def new_job_id(now: Optional[float] = None) -> str:
     t = time.localtime(now if now is not None else time.time())
     return time.strftime("%Y%m%d-%H%M%S", t) + f"-{os.getpid() % 10000:04d}"
@@ -186,10 +213,20 @@ def new_job_id(now: Optional[float] = None) -> str:
 
 def load_spec_file(path: str) -> Dict[str, Any]:
     import yaml
+    from cluster.contracts.jobdir import is_regular_file
+    if Path(path).exists() and not is_regular_file(path):
+        raise SpecError(f"{path}: the job spec must be a regular YAML file")
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as fh:
+            text = fh.read(10 * 1024 * 1024 + 1).decode("utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the job spec: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8); the job spec is YAML") from None
+    if len(text) > 10 * 1024 * 1024:
+        raise SpecError(f"{path}: larger than 10 MiB; a job spec is a short YAML file")
+    if "\x00" in text:
+        raise SpecError(f"{path}: not a text file (NUL bytes); the job spec is YAML")
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -84,4 +84,18 @@ class JobState:
 
     def save(self) -> None:
         self.data["updated"] = time.time()
-        atomic_write_json(self.job_dir / JOB_JSON, self.data)
+        path = self.job_dir / JOB_JSON
+        try:
+            atomic_write_json(path, self.data)
+        except PermissionError:
+            # a job dir made read-only can still have its existing job.json rewritten in place: a
+            # final state written non-atomically beats a job.json stuck at "running"
+            try:
+                with open(path, "r+", encoding="utf-8") as fh:
+                    fh.write(json.dumps(self.data, indent=2) + "\n")
+                    fh.truncate()
+            except OSError:
+                pass
+            else:
+                return
+            raise

@@ -149,6 +149,12 @@ def resolve_plan(spec: JobSpec, servers: Sequence[Any], check_config: bool = Tru
         bp = make_binding_plan(per_host)
         plan.binding = {int(k): list(v) for k, v in bp.cores_by_rank.items()}
         plan.binding_notes = list(bp.notes)
+    for flag, host in (("--sched-host", spec.sched_host), ("--metrics-host", spec.metrics_host)):
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError, ValueError) as exc:
+            raise PlanError(f"{flag} {host}: unknown host name ({getattr(exc, 'strerror', None) or exc}); "
+                            "give an address of this machine, e.g. 127.0.0.1") from None
     if spec.metrics_port is not None and not port_is_free(spec.metrics_port, spec.metrics_host):
         raise PlanError(f"--metrics-port {spec.metrics_port}: port is busy on {spec.metrics_host}; pick another")
     if spec.uses_trainer and check_config:

@@ -19,7 +19,7 @@ from cluster.contracts.exitcodes import ExitCode
 from cluster.contracts.jobdir import JobPaths, LauncherId
 from cluster.contracts.states import AttemptState, JobState as State
 from cluster.proc import signal_name
-from orchestrator.capture import RankSink, readable_tail
+from orchestrator.capture import CaptureError, RankSink, readable_tail
 from orchestrator.console import Console
 from orchestrator.jobstate import JobState
 from orchestrator.backends.base import Backend
@@ -29,6 +29,7 @@ from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervi
 from orchestrator.workers import ROLE_SCHEDULER, LaunchError, WorkerHandle, WorkerSpec
 
 STOP_REQUEST_FILE = "stop.request"
+IO_HINT = "the job dir must stay writable (disk full? permissions? a file replaced by a directory?)"
 
 
 class JobRunner:
@@ -104,6 +105,7 @@ class JobRunner:
             self.state.set_launcher(LauncherId.current())
             metrics = self._start_metrics()
             restarts_done = 0
+            streak = 0
             resume_next = resume_first
             while True:
                 result = self._attempt(resume_next)
@@ -114,20 +116,35 @@ class JobRunner:
                     return self._end(State.STOPPED, ExitCode.STOPPED,
                                      f"stopped ({result.stop_reason}); `pspnet-cluster resume {self.spec.job_dir}` "
                                      "continues from the newest common checkpoint")
-                decision = self.policy.decide(result, restarts_done)
+                last = self.state.last_attempt or {}
+                ran_s = max(0.0, float(last.get("end") or 0) - float(last.get("start") or 0))
+                decision = self.policy.decide(result, restarts_done, ran_s=ran_s, streak=streak)
                 if not decision.restart:
                     f = result.failure
                     return self._end(State.FAILED, ExitCode.FAILED, f"{f.message if f else 'failed'}; {decision.reason}")
                 restarts_done += 1
+                streak = decision.streak
                 resume_next = True
+                self.state.data["backoff"] = {"delay_s": decision.delay_s, "until": time.time() + decision.delay_s,
+                                              "restart": restarts_done, "of": self.policy.max_restarts}
                 self.state.set_state(State.RESTARTING)
-                self.console.info(f"restarting the group ({decision.reason})")
+                self.console.info(f"restarting the group in {decision.delay_s:g} s ({decision.reason}; "
+                                  "the wait doubles with every quick failure)")
+                self.stop.wait(decision.delay_s)
+                self.state.data["backoff"] = None
                 if self.stop.is_set():
                     return self._end(State.STOPPED, ExitCode.STOPPED, f"stopped ({self.stop.reason}) while restarting")
+        except OSError as exc:
+            # the job dir cannot be written (job.json, the rank table, ...): the job fails, cleanly
+            return self._fail_on_io(exc)
         except BaseException:
             if self.live:
                 stop_group(self.live, 0.0)
-            self.state.end(State.FAILED, ExitCode.FAILED, "the launcher itself failed; see its output")
+                self.backend.end_attempt(self.live)
+            try:
+                self.state.end(State.FAILED, ExitCode.FAILED, "the launcher itself failed; see its output")
+            except OSError:
+                pass
             raise
         finally:
             restore()
@@ -137,10 +154,11 @@ class JobRunner:
                 except Exception:  # noqa: BLE001
                     pass
 
-    def _launch_failure(self, attempt: int, exc: LaunchError, record: Optional[Dict[str, Any]]) -> AttemptResult:
-        failure = Failure(name="launcher", rank=None, reason="launch", exit_code=None, signal=None,
-                          at=time.time(), message=str(exc))
-        result = AttemptResult("failed", {}, failure=failure)
+    def _launch_failure(self, attempt: int, exc: Exception, record: Optional[Dict[str, Any]]) -> AttemptResult:
+        io = isinstance(exc, CaptureError)
+        failure = Failure(name="launcher", rank=None, reason="io" if io else "launch", exit_code=None, signal=None,
+                          at=time.time(), message=f"{exc}; {IO_HINT}" if io else str(exc))
+        result = AttemptResult(AttemptState.FAILED, {}, failure=failure)
         if record is None:
             record = self.state.begin_attempt({"attempt": attempt, "mode": self.plan.mode, "rendezvous": None,
                                                "resume": None, "ranks": {}})
@@ -162,13 +180,6 @@ class JobRunner:
         header = f"=== pspnet-cluster: job {self.spec.job_id} attempt {attempt} " \
                  f"({time.strftime('%Y-%m-%d %H:%M:%S')})" + \
                  (f", resuming from global step {resume.global_step}" if resume else "") + " ==="
-        sinks = {}
-        for s in specs:
-            is_rank = s.role != ROLE_SCHEDULER
-            sinks[s.name] = RankSink(
-                s.name, self.paths.rank_log(s.rank) if is_rank else self.paths.scheduler_log,
-                self.paths.rank_events(s.rank) if is_rank else None,
-                listener=self.listener, header=header)
         rendezvous = None
         if self.plan.mode == "dynamic":
             env = RankEnv.from_env(specs[0].env)
@@ -184,11 +195,18 @@ class JobRunner:
                               f"(epoch {resume.epoch})")
         elif attempt > 0:
             self.console.info(f"attempt {attempt}: no checkpoint every rank holds intact; starting from scratch")
+        sinks: Dict[str, RankSink] = {}
         try:
+            for s in specs:
+                is_rank = s.role != ROLE_SCHEDULER
+                sinks[s.name] = RankSink(
+                    s.name, self.paths.rank_log(s.rank) if is_rank else self.paths.scheduler_log,
+                    self.paths.rank_events(s.rank) if is_rank else None,
+                    listener=self.listener, header=header)
             self.live = self.backend.start_all(specs, sinks)
-        except LaunchError as exc:
-            for s in sinks.values():
-                s.close()
+        except (LaunchError, CaptureError) as exc:
+            for sink in sinks.values():
+                sink.close()
             return self._launch_failure(attempt, exc, record)
         for name, h in self.live.items():
             record["ranks"][_key(h.spec)]["pid"] = h.pid
@@ -211,6 +229,23 @@ class JobRunner:
         self._record(record, result)
         self._report(attempt, result)
         return result
+
+    def _fail_on_io(self, exc: OSError) -> int:
+        if self.live:
+            stop_group(self.live, 0.0)
+            self.backend.end_attempt(self.live)
+            self.live = {}
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        message = f"cannot write{where}: {exc.strerror or exc}; {IO_HINT}"
+        result = AttemptResult(AttemptState.FAILED, {}, failure=Failure(
+            name="launcher", rank=None, reason="io", exit_code=None, signal=None, at=time.time(), message=message))
+        self.console.info(format_failure(self.spec.job_dir, self.state.next_attempt_number() - 1, result))
+        try:
+            self.state.end(State.FAILED, ExitCode.FAILED, message)
+        except OSError as again:
+            self.console.info(f"warning: job.json could not be updated either ({again.strerror or again})")
+        self.console.info(f"job {self.spec.job_id} FAILED: {message}")
+        return ExitCode.FAILED
 
     def _record(self, record: Dict[str, Any], result: AttemptResult) -> None:
         record["end"] = time.time()
@@ -271,6 +306,8 @@ def format_failure(job_dir: str, attempt: int, result: AttemptResult) -> str:
         others = {n: c for n, c in result.exit_codes.items() if n != f.name}
         if others:
             lines.append("others: " + ", ".join(f"{n} {_short(c)}" for n, c in sorted(others.items())))
+        if f.last_seen:
+            lines.append("last seen: " + "; ".join(f.last_seen))
         if f.last_lines:
             shown = readable_tail(f.last_lines, 10)
             lines.append(f"last lines of {f.name}" + (" (MindSpore [INFO]/[WARNING] lines left out)"

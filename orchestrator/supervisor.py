@@ -5,7 +5,10 @@ The owner loop (orchestrator/runner.py) starts the workers, hands their handles 
 
 Failure = the first rank that exits non-zero or by a signal, the scheduler doing so, or a rank that
 sends no event for ``hang_timeout`` seconds (the clock starts at its first ``compiled``/``step``
-event; before that it has ``startup_timeout`` for import, data preparation and graph compilation).
+event; before that it has ``startup_timeout`` for import, data preparation and graph compilation), or
+a rank whose step times are steady and that sends no step for ``max(HANG_FLOOR_S, HANG_K x p95)``
+seconds (a stuck collective is caught in seconds, not at the fixed timeout; validation, checkpoints
+and epoch ends are allowed for through their events, see RankSink.hang_limit).
 Then every process gets SIGTERM (to its whole process group), and SIGKILL after ``failure_grace``
 seconds (default 0.3 s: the group is broken anyway, and ranks blocked in a collective would not act on
 SIGTERM; checkpoints are written atomically, so nothing is torn).  A requested stop (signal, ``stop``)
@@ -28,6 +31,12 @@ from orchestrator.capture import RankSink, readable_tail
 from orchestrator.workers import ROLE_SCHEDULER, WorkerHandle
 
 
+#: adaptive hang check: a rank with steady step times is hung after max(HANG_FLOOR_S, HANG_K x p95)
+#: seconds without a step (see RankSink.hang_limit)
+HANG_K = 10.0
+HANG_FLOOR_S = 4.0
+
+
 class StopRequest(threading.Event):
     """Set from a signal handler or the stop command: stop the attempt, keep the job resumable."""
 
@@ -43,12 +52,13 @@ class StopRequest(threading.Event):
 class Failure:
     name: str                   # rank_<R> or scheduler
     rank: Optional[int]
-    reason: str                 # exit | signal | hang | startup | launch
+    reason: str                 # exit | signal | hang | startup | launch | io
     exit_code: Optional[int]
     signal: Optional[str]
     at: float                   # unix time the launcher saw it
     message: str
     last_lines: List[str] = field(default_factory=list)
+    last_seen: List[str] = field(default_factory=list)   # hangs: where each rank was last seen
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -69,7 +79,7 @@ class Supervisor:
                  hang_timeout: float = 0.0, startup_timeout: float = 0.0, grace: float = 10.0,
                  failure_grace: float = 0.3,
                  stop: Optional[StopRequest] = None, poll_interval: float = 0.02,
-                 scheduler_linger: float = 30.0) -> None:
+                 scheduler_linger: float = 30.0, hang_k: float = HANG_K, hang_floor: float = HANG_FLOOR_S) -> None:
         self.workers = dict(workers)
         self.sinks = dict(sinks)
         self.hang_timeout = float(hang_timeout or 0)
@@ -79,6 +89,8 @@ class Supervisor:
         self.stop = stop or StopRequest()
         self.poll_interval = poll_interval
         self.scheduler_linger = scheduler_linger
+        self.hang_k = float(hang_k)
+        self.hang_floor = float(hang_floor)
         self.exit_codes: Dict[str, Optional[int]] = {n: None for n in self.workers}
 
     # ------------------------------------------------------------ the loop
@@ -117,7 +129,7 @@ class Supervisor:
                     continue
                 if self.stop.is_set():
                     return self._bring_down(AttemptState.STOPPED, stop_reason=self.stop.reason or "stop")
-                hang = self._check_hang()
+                hang = self._check_hang() or self._check_output()
                 if hang is not None:
                     return self._bring_down(AttemptState.FAILED, failure=hang)
         finally:
@@ -161,10 +173,43 @@ class Supervisor:
             elif self.hang_timeout:
                 quiet = now - (sink.last_event or sink.past_compile)
                 if quiet > self.hang_timeout:
-                    return Failure(name=name, rank=h.spec.rank, reason="hang", exit_code=None, signal=None,
-                                   at=time.time(),
-                                   message=(f"rank {h.spec.rank} sent no event for {quiet:.1f} s "
-                                            f"(--hang-timeout {self.hang_timeout:g} s): hung"))
+                    return self._hung(name, h, f"rank {h.spec.rank} sent no event for {quiet:.1f} s "
+                                               f"(--hang-timeout {self.hang_timeout:g} s): hung")
+                limit = sink.hang_limit(self.hang_k, self.hang_floor) if hasattr(sink, "hang_limit") else None
+                if limit is not None and limit < self.hang_timeout:
+                    quiet = now - sink.last_step_at
+                    if quiet > limit:
+                        return self._hung(name, h, (
+                            f"rank {h.spec.rank} sent no step for {quiet:.1f} s, while its recent steps came "
+                            f"every {sink.step_p95():.3g} s (p95); limit {limit:.3g} s = max({self.hang_floor:g} s, "
+                            f"{self.hang_k:g} x p95): hung"))
+        return None
+
+    def _hung(self, name: str, h: WorkerHandle, message: str) -> Failure:
+        """A hang failure that says where every rank was last seen (a stuck collective shows as ranks
+        waiting at different places)."""
+        now = time.monotonic()
+        seen = []
+        for n, other in self.workers.items():
+            sink = self.sinks.get(n)
+            if other.spec.role == ROLE_SCHEDULER or sink is None:
+                continue
+            ago = now - sink.last_event if sink.last_event is not None else None
+            seen.append(f"{n}: {getattr(sink, 'last_seen', '?')}"
+                        + (f", {ago:.1f} s ago" if ago is not None else ""))
+        return Failure(name=name, rank=h.spec.rank, reason="hang", exit_code=None, signal=None, at=time.time(),
+                       message=message, last_seen=seen)
+
+    def _check_output(self) -> Optional[Failure]:
+        """A rank whose output cannot be saved fails the attempt: its events are what the job is judged by."""
+        for name, sink in self.sinks.items():
+            fault = getattr(sink, "fault", None)
+            if fault:
+                h = self.workers.get(name)
+                rank = h.spec.rank if h is not None and h.spec.role != ROLE_SCHEDULER else None
+                who = f"rank {rank}" if rank is not None else name
+                return Failure(name=name, rank=rank, reason="io", exit_code=None, signal=None, at=time.time(),
+                               message=f"the output of {who} cannot be saved: {fault}")
         return None
 
     # ------------------------------------------------------------ stopping the group

@@ -271,6 +271,7 @@ class Trainer:
         return {"val_loss": loss_sum / max(count, 1.0), "miou": s.miou, "macc": s.macc, "allacc": s.allacc}
 
     def save(self, epoch: int, step_in_epoch: int, kind: str = "last") -> None:
+        self.events.emit("phase", phase="checkpoint", global_step=self.global_step)
         extra = {"step_in_epoch": step_in_epoch, "steps_per_epoch": self.spe, "world_size": self.world.size,
                  "best_miou": self.best_miou, "total_steps": self.total_steps}
         ev = self.ckpt.save(self.train_net, epoch=epoch, global_step=self.global_step, extra=extra, kind=kind)
@@ -298,6 +299,7 @@ class Trainer:
             val_every = int(cfg["val_every"])
             if val_every > 0 and (epoch % val_every == 0 or epoch == epochs):
                 t_val = time.perf_counter()
+                self.events.emit("phase", phase="validation", global_step=self.global_step)
                 m = self.validate()
                 improved = m["miou"] > self.best_miou
                 self.best_miou = max(self.best_miou, m["miou"])

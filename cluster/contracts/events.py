@@ -28,6 +28,8 @@ EVENT_FIELDS: Dict[str, tuple] = {
     "step": ("epoch", "step", "global_step", "steps_per_epoch", "loss", "step_time_s", "images_per_s", "lr"),
     "epoch": ("epoch", "epoch_time_s", "mean_step_time_s", "val_loss", "miou", "macc", "allacc", "best_miou"),
     "checkpoint": ("path", "epoch", "global_step", "bytes", "seconds", "sha256"),
+    # sent before a long non-step phase ("validation", "checkpoint"), so a quiet rank is not taken for hung
+    "phase": ("phase", "global_step"),
     "resumed": ("path", "epoch", "global_step"),
     "finished": ("epochs", "best_miou", "wall_s"),
     "error": ("message", "where"),

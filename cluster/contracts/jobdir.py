@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,13 +124,14 @@ class CheckpointInfo:
         return sidecar_path(self.path)
 
     def intact(self) -> bool:
-        """The file exists, has the recorded size and sha256."""
+        """The file is a regular file with the recorded size and sha256."""
         try:
-            if self.path.stat().st_size != self.bytes:
+            st = os.stat(self.path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != self.bytes:
                 return False
+            return sha256_file(self.path) == self.sha256
         except OSError:
             return False
-        return sha256_file(self.path) == self.sha256
 
 
 def sidecar_path(ckpt_path: PathLike) -> Path:
@@ -161,19 +164,49 @@ def write_sidecar(ckpt_path: PathLike, *, epoch: int, global_step: int, config_s
 
 
 def _info(ckpt_path: Path, meta: Dict[str, Any]) -> CheckpointInfo:
+    for key in ("epoch", "global_step", "bytes"):
+        v = meta[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 0:
+            raise ValueError(f"{key} {v!r} is not a whole number >= 0")
     return CheckpointInfo(path=ckpt_path, epoch=int(meta["epoch"]), global_step=int(meta["global_step"]),
                           sha256=str(meta["sha256"]), config_sha=str(meta.get("config_sha", "")),
                           bytes=int(meta["bytes"]), rank=meta.get("rank"), kind=str(meta.get("kind", "last")),
                           sidecar=meta)
 
 
-def read_sidecar(ckpt_path: PathLike) -> Optional[CheckpointInfo]:
-    """The checkpoint's info, or None when the sidecar is missing or unreadable (checkpoint not counted)."""
-    ckpt_path = Path(ckpt_path)
+def is_regular_file(path: PathLike) -> bool:
+    """Whether ``path`` is a regular file (opening a FIFO or a device put there would block or worse)."""
     try:
-        meta = json.loads(sidecar_path(ckpt_path).read_text())
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _warn(msg: str) -> None:
+    logging.getLogger("pspnet.checkpoints").warning("warning: %s", msg)
+
+
+def read_sidecar(ckpt_path: PathLike) -> Optional[CheckpointInfo]:
+    """The checkpoint's info, or None when the sidecar is missing or unreadable (checkpoint not counted).
+
+    A sidecar or checkpoint that is not a regular file, or whose numbers are not finite integers, is
+    skipped with a warning on stderr: a resume never blocks or dies on a damaged checkpoint dir.
+    """
+    ckpt_path = Path(ckpt_path)
+    side = sidecar_path(ckpt_path)
+    if not side.exists():
+        return None
+    if not is_regular_file(side) or not is_regular_file(ckpt_path):
+        _warn(f"{ckpt_path}: skipped (it or its sidecar is not a regular file)")
+        return None
+    try:
+        with open(side, "rb") as fh:
+            meta = json.loads(fh.read(1 << 20).decode("utf-8"))
         return _info(ckpt_path, meta)
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
+        return None
+    except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as exc:
+        _warn(f"{side}: skipped (damaged metadata: {type(exc).__name__}: {exc})")
         return None
 
 

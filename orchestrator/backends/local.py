@@ -72,6 +72,13 @@ class LocalBackend(Backend):
                                       **s.discover_options())]
         except ClusterInputError as exc:
             raise PlanError(str(exc)) from None
+        if s.sched_port is None:
+            from cluster.proc import free_port
+            try:   # the scheduler of a local job listens here: the address must be one of this machine
+                free_port(s.sched_host)
+            except OSError as exc:
+                raise PlanError(f"--sched-host {s.sched_host}: the scheduler cannot listen there "
+                                f"({exc.strerror or exc}); give an address of this machine") from None
         if s.sched_port is not None and not port_is_free(s.sched_port, s.sched_host):
             raise PlanError(f"--sched-port {s.sched_port}: port is busy on {s.sched_host}; pick another "
                             "or leave it out (a free port is chosen)")

@@ -31,6 +31,8 @@ def main() -> int:
     p.add_argument("--step-time", type=float, default=0.01)
     p.add_argument("--compile-time", type=float, default=0.0)
     p.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N global steps")
+    p.add_argument("--ckpt-time", type=float, default=0.0, help="seconds each checkpoint save takes")
+    p.add_argument("--val-time", type=float, default=0.0, help="seconds of validation after each epoch")
     p.add_argument("--crash-at", type=int, default=0, help="exit with --exit-code at this global step")
     p.add_argument("--exit-code", type=int, default=3)
     p.add_argument("--kill-self-at", type=int, default=0, help="SIGKILL itself at this global step")
@@ -127,10 +129,14 @@ def main() -> int:
                 loss=1.0 / (1 + global_step), step_time_s=args.step_time, images_per_s=2 / max(args.step_time, 1e-6),
                 lr=0.01)
         if args.ckpt_every and global_step % args.ckpt_every == 0 and job_dir:
+            ev.emit("phase", phase="checkpoint", global_step=global_step)
+            time.sleep(args.ckpt_time)
             d = JobPaths(job_dir).rank_ckpt_dir(rank)
             d.mkdir(parents=True, exist_ok=True)
             path = d / checkpoint_name(epoch, global_step)
-            path.write_bytes(f"fake weights rank {rank} step {global_step}\n".encode() * 8)
+            tmp = path.with_name(path.name + ".tmp")     # atomic, like the trainer's checkpoints
+            tmp.write_bytes(f"fake weights rank {rank} step {global_step}\n".encode() * 8)
+            os.replace(tmp, path)
             info = write_sidecar(path, epoch=epoch, global_step=global_step, config_sha="fake", rank=rank)
             ev.emit("checkpoint", path=str(path), epoch=epoch, global_step=global_step, bytes=info.bytes,
                     seconds=0.0, sha256=info.sha256)
@@ -138,6 +144,9 @@ def main() -> int:
                 with open(path, "r+b") as fh:
                     fh.write(b"XX")
         if step == args.steps:
+            if args.val_time:
+                ev.emit("phase", phase="validation", global_step=global_step)
+                time.sleep(args.val_time)
             ev.emit("epoch", epoch=epoch, epoch_time_s=args.step_time * args.steps,
                     mean_step_time_s=args.step_time)
     ev.emit("finished", epochs=args.epochs, best_miou=None, wall_s=0.0)
