@@ -58,35 +58,62 @@ class CaptureError(OSError):
 class AppendFile:
     """One append-only output file: writes never raise (the first failure is kept in ``error``), and
     a file deleted or replaced under it is re-created at its path (checked at most every
-    ``REOPEN_CHECK_S`` seconds)."""
+    ``REOPEN_CHECK_S`` seconds).
 
-    def __init__(self, path: Path) -> None:
+    With ``restore`` a deleted file comes back whole: the sink still holds the deleted file open,
+    so everything written before and since the deletion is copied into the new one (event files:
+    small, and every reader depends on them; logs are not copied, they can be large).
+    """
+
+    def __init__(self, path: Path, restore: bool = False) -> None:
         self.path = Path(path)
+        self.restore = restore
         self.error: Optional[str] = None
         self._fd = -1
         self._ino = None
         self._checked = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._open()
+            self._fd, self._ino = self._open()
         except OSError as exc:
             raise CaptureError(f"cannot open {self.path}: {exc.strerror or exc}") from None
 
-    def _open(self) -> None:
+    def _open(self):
         # O_NONBLOCK: a FIFO put at the path must fail the open, not block it
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(f"{self.path} is not a regular file")
-        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        return fd, (st.st_dev, st.st_ino)
 
-    def _still_there(self) -> bool:
+    def _reopen_if_gone(self) -> None:
         try:
             st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ino:
+                return
+            deleted = False
+        except FileNotFoundError:
+            deleted = True
         except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._ino
+            return
+        old = self._fd
+        self._fd = -1
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd, self._ino = self._open()
+            if deleted and self.restore:
+                offset = 0
+                while True:
+                    block = os.pread(old, 1 << 20, offset)
+                    if not block:
+                        break
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(self._fd, view):]
+                    offset += len(block)
+        finally:
+            os.close(old)
 
     def write(self, data: bytes) -> bool:
         if self.error is not None or self._fd < 0:
@@ -95,11 +122,7 @@ class AppendFile:
         try:
             if now - self._checked >= REOPEN_CHECK_S:
                 self._checked = now
-                if not self._still_there():
-                    os.close(self._fd)
-                    self._fd = -1
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._open()
+                self._reopen_if_gone()
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
@@ -131,7 +154,7 @@ class RankSink:
         self._fault: Optional[str] = None
         if events_path is not None:
             try:
-                self._events = AppendFile(events_path)
+                self._events = AppendFile(events_path, restore=True)
             except CaptureError:
                 self._log.close()
                 raise

@@ -280,10 +280,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     import signal
     import time
     from pathlib import Path
-    from cluster.contracts.jobdir import JobDirBusy, JobLock, job_running, read_launcher
+    from cluster.contracts.jobdir import STOP_REQUEST_FILE, JobDirBusy, JobLock, job_running, read_launcher
     from orchestrator.jobspec import SpecError
     from orchestrator.jobstate import JobState
-    from orchestrator.runner import STOP_REQUEST_FILE
     try:
         state = JobState.load(args.job_dir)
     except JobJsonError as exc:

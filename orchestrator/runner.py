@@ -9,6 +9,8 @@ the runner never asks which kind it is.  ``policy`` decides about restarts.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from cluster.contracts.env import RankEnv
 from cluster.contracts.exitcodes import ExitCode
-from cluster.contracts.jobdir import JobPaths, LauncherId
+from cluster.contracts.jobdir import STOP_REQUEST_FILE, JobPaths, LauncherId
 from cluster.contracts.states import AttemptState, JobState as State
 from cluster.proc import signal_name
 from orchestrator.capture import CaptureError, RankSink, readable_tail
@@ -28,7 +30,6 @@ from orchestrator.restart_policy import RestartPolicy
 from orchestrator.supervisor import AttemptResult, Failure, StopRequest, Supervisor, stop_group
 from orchestrator.workers import ROLE_SCHEDULER, LaunchError, WorkerHandle, WorkerSpec
 
-STOP_REQUEST_FILE = "stop.request"
 IO_HINT = "the job dir must stay writable (disk full? permissions? a file replaced by a directory?)"
 
 
@@ -276,15 +277,28 @@ class JobRunner:
         return code
 
     def _write_report(self) -> None:
-        """The end-of-job summary and plots; a report that cannot be made never changes the job's outcome."""
+        """The end-of-job summary and plots, made by a detached ``pspnet-cluster report`` process.
+
+        Plotting takes 0.5-1.5 s and a scheduler above us (Slurm, a CI system) waits for the
+        launcher's exit, so the launcher does not wait for the plots.  The report process is not
+        tagged as the job's (its environment is the launcher's), so no cleanup ends it, and a report
+        that cannot be made never changes the job's outcome: its errors go to report/report.log.
+        """
         if not getattr(self.spec, "report", True) or not self.paths.events_dir.is_dir():
             return
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         try:
-            from monitoring.report import write_report
-            path = write_report(self.spec.job_dir)
-            self.console.info(f"report: {path}")
-        except Exception as exc:  # noqa: BLE001
-            self.console.info(f"warning: no report written ({type(exc).__name__}: {exc})")
+            self.paths.report_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.paths.report_dir / "report.log", "ab") as log:
+                subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "report", str(self.spec.job_dir)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                 cwd=root, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            self.console.info(f"warning: no report written ({exc.strerror or exc})")
+            return
+        self.console.info(f"report: {self.paths.report_dir / 'summary.md'} (being written in the background)")
 
 
 def _key(spec: WorkerSpec) -> str:

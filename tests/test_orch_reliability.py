@@ -188,8 +188,7 @@ def test_a_deleted_events_file_is_recreated_and_the_rank_stays_visible(tmp_path)
     ev.unlink()
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, out + err
-    steps = [e["global_step"] for e in step_events(jd, 1)]
-    assert steps and steps[-1] == 60 and steps == list(range(steps[0], 61))
+    assert [e["global_step"] for e in step_events(jd, 1)] == list(range(1, 61))    # not one event lost
     st = json.loads(cli("status", jd, "--json").stdout)
     assert st["progress"]["1"]["global_step"] == 60
 

@@ -253,8 +253,10 @@ def newest_common_checkpoint(job_dir: PathLike, ranks: Iterable[int],
 
 LOCK_FILE = "launcher.lock"
 PID_FILE = "launcher.pid"
+#: written by `stop` before it signals the launcher, so the launcher names the stop's cause
+STOP_REQUEST_FILE = "stop.request"
 #: files the launcher itself (or `submit`, for a Slurm batch job) puts into a job dir before job.json exists
-OWN_FILES = (LOCK_FILE, PID_FILE, ".write-test", SBATCH, SLURM)
+OWN_FILES = (LOCK_FILE, PID_FILE, STOP_REQUEST_FILE, ".write-test", SBATCH, SLURM)
 
 
 class JobDirBusy(RuntimeError):

@@ -116,7 +116,7 @@ def main() -> int:
             print(f"rank {rank}: crashing at step {global_step} as told", file=sys.stderr, flush=True)
             return args.exit_code
         if misbehave and args.kill_self_at == global_step:
-            print(f"rank {rank}: SIGKILL myself at step {global_step}", flush=True)
+            print(f"rank {rank}: SIGKILL myself at step {global_step} (t={time.time():.6f})", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         if misbehave and args.hang_at == global_step:
             print(f"rank {rank}: hanging at step {global_step}", flush=True)
