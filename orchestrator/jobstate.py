@@ -6,6 +6,7 @@ match a live process).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional

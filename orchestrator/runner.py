@@ -8,6 +8,7 @@ the runner never asks which kind it is.  ``policy`` decides about restarts.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys

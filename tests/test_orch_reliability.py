@@ -256,20 +256,21 @@ def test_backoff_doubles_to_a_cap_and_starts_again_after_a_healthy_attempt():
 
 def test_restarts_wait_longer_each_time_and_status_shows_the_wait(tmp_path):
     jd = tmp_path / "job"
-    p = start(jd, "--steps 3 --crash-at 1 --bad-attempt -1", "--max-restarts", "2", devices="1")
-    seen = ""
+    p = start(jd, "--steps 3 --crash-at 1 --bad-attempt -1", "--max-restarts", "3", devices="1")
     try:
-        def backoff_shown():
-            nonlocal seen
-            seen = cli("status", jd).stdout
-            return "backoff: restart 2 of 2" in seen
-        wait_for(backoff_shown, timeout=30, what="status to show the second backoff")
+        wait_for(lambda: '"restart": 3' in (jd / "job.json").read_text(), timeout=60, what="the third backoff")
+        p.send_signal(signal.SIGSTOP)      # hold the launcher inside its wait while status looks
+        try:
+            st = cli("status", jd).stdout
+        finally:
+            p.send_signal(signal.SIGCONT)
+        assert "RESTARTING" in st and "backoff: restart 3 of 3 in " in st, st
     finally:
         out, err = p.communicate(timeout=60)
     assert p.returncode == 1, out + err
     starts = [a["start"] for a in job_json(jd)["attempts"]]
-    assert len(starts) == 3
-    assert starts[1] - starts[0] >= 1.0 and starts[2] - starts[1] >= 2.0
+    assert len(starts) == 4
+    assert starts[1] - starts[0] >= 1.0 and starts[2] - starts[1] >= 2.0 and starts[3] - starts[2] >= 4.0
 
 
 # ---------------------------------------------------------------- bad input is exit 2, never a traceback

@@ -9,6 +9,7 @@ orchestrator/workers.py.
 """
 from __future__ import annotations
 
+import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -77,8 +78,9 @@ class LocalBackend(Backend):
             try:   # the scheduler of a local job listens here: the address must be one of this machine
                 free_port(s.sched_host)
             except OSError as exc:
-                raise PlanError(f"--sched-host {s.sched_host}: the scheduler cannot listen there "
-                                f"({exc.strerror or exc}); give an address of this machine") from None
+                what = "unknown host name" if isinstance(exc, socket.gaierror) else "the scheduler cannot listen there"
+                raise PlanError(f"--sched-host {s.sched_host}: {what} ({exc.strerror or exc}); "
+                                "give an address of this machine, e.g. 127.0.0.1") from None
         if s.sched_port is not None and not port_is_free(s.sched_port, s.sched_host):
             raise PlanError(f"--sched-port {s.sched_port}: port is busy on {s.sched_host}; pick another "
                             "or leave it out (a free port is chosen)")
