@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,7 +259,8 @@ def test_restarts_wait_longer_each_time_and_status_shows_the_wait(tmp_path):
     jd = tmp_path / "job"
     p = start(jd, "--steps 3 --crash-at 1 --bad-attempt -1", "--max-restarts", "3", devices="1")
     try:
-        wait_for(lambda: '"restart": 3' in (jd / "job.json").read_text(), timeout=60, what="the third backoff")
+        wait_for(lambda: (jd / "job.json").exists() and '"restart": 3' in (jd / "job.json").read_text(),
+                 timeout=60, what="the third backoff")
         p.send_signal(signal.SIGSTOP)      # hold the launcher inside its wait while status looks
         try:
             st = cli("status", jd).stdout
