@@ -89,8 +89,16 @@ def test_tensor_hash_equals_numpy_reference_incl_large_and_negative_seeds():
 
 
 def test_channels_never_collide_for_one_seed_and_sample():
-    u = hash_uniform_numpy(77, 1, 4096, salt=0)
-    assert len(np.unique(u)) == 4096
+    u = hash_uniform_numpy(77, 1, HASH_MODULUS, salt=0)
+    assert len(np.unique(u)) == HASH_MODULUS
+
+
+def test_float32_modulo_is_exact_over_the_whole_range_the_hash_uses():
+    from trainer.model.dropout import _mod
+    x = np.arange(0, HASH_MODULUS * HASH_MODULUS + HASH_MODULUS, 997, dtype=np.float32)
+    x = np.concatenate([x, np.arange(1, 40, dtype=np.float32) * HASH_MODULUS - 1])   # just below multiples
+    got = _mod(Tensor(x)).asnumpy().astype(np.int64)
+    np.testing.assert_array_equal(got, x.astype(np.int64) % HASH_MODULUS)
 
 
 def test_step_seed_is_reproducible_and_varies_with_rank_and_step():

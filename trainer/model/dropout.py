@@ -7,10 +7,13 @@ seed, the rank and the global step) and the mask is a hash of (layer salt, seed,
 
     u = hash(salt, seed, n, c) / M  in [0, 1);   keep = u >= p;   y = x * keep / (1 - p)
 
-The hash is int32 arithmetic modulo the prime M = 32717 (every product stays below 2**31, so it is
-exact on CPU, GPU and Ascend).  Each round adds one input, applies an affine map and cubes the value;
-all three are bijections modulo M (M % 3 == 2 makes x**3 one), so for a fixed seed and sample different
-channels never collide, and cubing makes neighbouring seeds and channels give unrelated masks.
+The hash is exact integer arithmetic modulo the prime M = 4091, done in float32: every value and product
+stays below M*M + M < 2**24, where float32 holds integers exactly, so CPU, GPU and Ascend compute the same
+bits with their float units (integer multiply/modulo would be the slow path on some of them).  Only the
+run seed, a scalar, is split into two residues with int32 ops.  Each round adds one input, applies an
+affine map and cubes the value; all three are bijections modulo M (M % 3 == 2 makes x**3 one), so for a
+fixed seed and sample different channels (fewer than M) never collide, and cubing makes neighbouring
+seeds and channels give unrelated masks.
 In eval mode (``set_train(False)``) the cell is the identity.
 """
 from __future__ import annotations
@@ -19,13 +22,16 @@ import numpy as np
 from mindspore import nn, ops
 import mindspore as ms
 
-HASH_MODULUS = 32717
-#: (multiplier, increment) per round; multipliers < M so h * a + b < 2**31.
-_ROUNDS = ((21011, 12345), (16381, 7919), (30011, 27103), (11239, 5303), (25013, 19001))
+HASH_MODULUS = 4091
+#: (multiplier, increment) per round; both < M, so h * a + b < M * M < 2**24 (exact in float32).
+_ROUNDS = ((2741, 1237), (3187, 811), (1597, 3559), (3911, 2113), (2423, 619))
 
 
 def _mod(x):
-    return ops.floor_mod(x, HASH_MODULUS)
+    """x mod M for integer-valued float32 0 <= x < 2**24.  x / M may round up to the next integer when x
+    lies just below a multiple of M; the remainder is then negative by less than M, and one add fixes it."""
+    r = x - ops.floor(x / HASH_MODULUS) * HASH_MODULUS
+    return r + (r < 0).astype(x.dtype) * HASH_MODULUS
 
 
 def _round(h, v, a: int, b: int):
@@ -36,16 +42,16 @@ def _round(h, v, a: int, b: int):
 def hash_uniform(seed, n: int, c: int, salt: int):
     """Tensor (n, c) float32 in [0, 1): the stateless random number of each (sample, channel)."""
     seed = seed.astype(ms.int32)
-    lo = _mod(seed)
-    hi = _mod(ops.floor_div(seed, HASH_MODULUS))
-    ni = ops.arange(n, dtype=ms.int32).reshape(n, 1)
-    ci = ops.arange(c, dtype=ms.int32).reshape(1, c)
+    lo = ops.floor_mod(seed, HASH_MODULUS).astype(ms.float32)
+    hi = ops.floor_mod(ops.floor_div(seed, HASH_MODULUS), HASH_MODULUS).astype(ms.float32)
+    ni = _mod(ops.arange(n, dtype=ms.float32).reshape(n, 1))
+    ci = _mod(ops.arange(c, dtype=ms.float32).reshape(1, c))
     h = _round(lo * 0 + salt % HASH_MODULUS, lo, *_ROUNDS[0])
     h = _round(h, hi, *_ROUNDS[1])
-    h = _round(h, _mod(ni), *_ROUNDS[2])
-    h = _round(h, _mod(ci), *_ROUNDS[3])
+    h = _round(h, ni, *_ROUNDS[2])
+    h = _round(h, ci, *_ROUNDS[3])
     h = _round(h, 0, *_ROUNDS[4])
-    return h.astype(ms.float32) / HASH_MODULUS
+    return h / HASH_MODULUS
 
 
 def hash_uniform_numpy(seed: int, n: int, c: int, salt: int) -> np.ndarray:
@@ -58,7 +64,7 @@ def hash_uniform_numpy(seed: int, n: int, c: int, salt: int) -> np.ndarray:
 
     seed = int(seed)
     lo, hi = seed % m, (seed // m) % m
-    # the int32 floor_div/floor_mod above behave like Python's for the int32 range
+    # the int32 floor_div/floor_mod of the seed above behave like Python's for the int32 range
     ni = np.arange(n, dtype=np.int64).reshape(n, 1)
     ci = np.arange(c, dtype=np.int64).reshape(1, c)
     h = rnd(np.int64(salt % m), lo, *_ROUNDS[0])
