@@ -163,15 +163,14 @@ def run(attempt_file: str) -> int:
         sproc = _start(sched, piped=True)
         emit(f"{CONTROL}sched-pid {sproc.pid}")
         spump = _pump(sproc, CONTROL + "sched ")
-    # task 0 shares its stdout with the scheduler's lines, so its rank's lines go through whole-line
-    # writes too; other tasks hand the rank their stdout directly
-    proc = _start(entry, piped=sched is not None)
+    # the task's stdout carries control lines too: the rank's output goes through whole-line writes
+    # (a rank may write a line in two pieces, and a control line must never land between them)
+    proc = _start(entry, piped=True)
     emit(f"{CONTROL}pid {proc.pid} {node} {os.environ.get('SLURM_STEP_ID', '')}")
-    pump = _pump(proc, "") if sched else None
+    pump = _pump(proc, "")
     _report_stats(proc, float(attempt.get("stats_every", STATS_EVERY)))
     code = proc.wait()
-    if pump is not None:
-        pump.join(5.0)
+    pump.join(5.0)
     emit(f"{CONTROL}exit {code}" + (" signalled" if terminated.is_set() else ""))
     if sproc is not None:
         if code != 0 and sproc.poll() is None:

@@ -50,3 +50,46 @@ def test_scheduler_port_is_stable_high_and_distinct_for_nearby_jobs():
     assert len(ports) == PORT_SLOTS * PORT_ATTEMPTS          # no two (job, attempt) pairs share a port
     assert min(ports) >= PORT_BASE and max(ports) < 32768    # below the ephemeral range
     assert scheduler_port("1234", 1) != scheduler_port("1234", 0)
+
+
+def test_task_wrapper_keeps_a_rank_line_whole_while_it_reports(tmp_path):
+    """The wrapper's own lines (pid, stats, exit) share the task's stdout with the rank's: a rank that
+    writes a line in two pieces must still arrive as one line, and the exit must be reported."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    worker = tmp_path / "w.py"
+    worker.write_text("import os, time\nfor i in range(300):\n    os.write(1, b'piece-a ')\n"
+                      "    time.sleep(0.001)\n    os.write(1, b'piece-b\\n')\nraise SystemExit(3)\n")
+    attempt = tmp_path / "attempt.json"
+    attempt.write_text(json.dumps({"tasks": [None, {"rank": 1, "local_rank": 1, "host": "n1",
+                                                    "argv": [sys.executable, str(worker)], "env": {"RANK_ID": "1"},
+                                                    "cwd": str(tmp_path)}],
+                                   "stats_every": 0.002}))
+    env = {"PATH": "/usr/bin:/bin", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURMD_NODENAME": "n1"}
+    res = subprocess.run([sys.executable, "-S", str(root / "cluster" / "slurm_task.py"), "run", str(attempt)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3, res.stderr
+    lines = res.stdout.splitlines()
+    rank_lines = [l for l in lines if not l.startswith("@@pspnet-slurm ")]
+    assert rank_lines == ["piece-a piece-b"] * 300
+    assert sum(l.startswith("@@pspnet-slurm stats ") for l in lines) > 3
+    assert lines[-1] == "@@pspnet-slurm exit 3"
+
+
+def test_task_wrapper_refuses_a_task_slurm_placed_elsewhere(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    attempt = tmp_path / "attempt.json"
+    attempt.write_text(json.dumps({"tasks": [{"rank": 0, "local_rank": 0, "host": "node1",
+                                              "argv": [sys.executable, "-c", "pass"], "env": {}}]}))
+    env = {"PATH": "/usr/bin:/bin", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURMD_NODENAME": "node2"}
+    res = subprocess.run([sys.executable, "-S", str(root / "cluster" / "slurm_task.py"), "run", str(attempt)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "Slurm placed it on node2" in res.stderr and "rank 0 on node1" in res.stderr
