@@ -157,6 +157,8 @@ def main() -> int:
     if result is None:
         print(f"benchmark failed (salloc exit {res.returncode}); work dir {work}")
         return 1
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("running_s", "death_s")} for k, v in result.items()}
     load = os.getloadavg()
     print(f"\nworker: {'imports MindSpore' if args.mindspore else 'trivial (no MindSpore)'}; 2 nodes x 2 ranks; "
