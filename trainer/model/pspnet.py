@@ -104,9 +104,9 @@ def init_weights(net: nn.Cell, seed: int = 0) -> None:
     """
     from .resnet import Bottleneck
     rng = np.random.default_rng(int(seed))
-    classifiers = {id(net.head.classifier)}
-    if getattr(net, "use_aux", False):
-        classifiers.add(id(net.aux_head.classifier))
+    # a bare backbone (loaded or initialised on its own) has no heads and so no classifiers
+    heads = (getattr(net, name, None) for name in ("head", "aux_head"))
+    classifiers = {id(head.classifier) for head in heads if head is not None}
     zero_gamma = {id(cell.bn3) for _, cell in net.cells_and_names() if isinstance(cell, Bottleneck)}
     for _, cell in net.cells_and_names():
         if isinstance(cell, nn.Conv2d):
