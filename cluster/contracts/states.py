@@ -8,7 +8,16 @@ from __future__ import annotations
 from enum import Enum
 
 
-class JobState(str, Enum):
+class _Named(str, Enum):
+    """A state that prints and formats as its plain value, the word job.json and the metrics carry."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class JobState(_Named):
     """The state of a job (``job.json`` ``state``), set only by its launcher (and by ``stop`` when the
     launcher is gone)::
 
@@ -28,11 +37,6 @@ class JobState(str, Enum):
     FAILED = "failed"
     STOPPED = "stopped"
 
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
-
     @property
     def final(self) -> bool:
         return self in FINAL_JOB_STATES
@@ -41,7 +45,7 @@ class JobState(str, Enum):
 FINAL_JOB_STATES = frozenset((JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED))
 
 
-class AttemptState(str, Enum):
+class AttemptState(_Named):
     """The state of one attempt (``job.json`` ``attempts[i].state``)::
 
         running --> succeeded   every rank exited 0
@@ -55,13 +59,8 @@ class AttemptState(str, Enum):
     STOPPED = "stopped"
     LOST = "lost"
 
-    def __str__(self) -> str:
-        return self.value
 
-    __format__ = str.__format__
-
-
-class DeviceState(str, Enum):
+class DeviceState(_Named):
     """The state of one rank as monitoring sees it (events, exit codes, job state)::
 
         starting --> running --> finished   the rank's "finished" event
@@ -76,11 +75,6 @@ class DeviceState(str, Enum):
     FAILED = "failed"
     STOPPED = "stopped"
     UNKNOWN = "unknown"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
 
     @property
     def terminal(self) -> bool:
