@@ -4,8 +4,8 @@
 writes such a batch script).  Slurm owns the nodes and the processes; the launcher keeps what it
 adds on top: the plan (rank table, environment), supervision, restarts, the event stream.
 
-- ``discover``: the allocation's nodes (``scontrol show hostnames``), ``--devices`` per node, checked
-  against the CPUs the job holds there; then one probe task per node (``cluster/slurm_task.py probe``)
+- ``discover``: the allocation's nodes (SLURM_JOB_NODELIST, expanded in Python), ``--devices`` per node,
+  checked against the CPUs the job holds there; then one probe task per node (``cluster/slurm_task.py probe``)
   proves that every node sees the job dir (a token file written here), and reports its devices (on
   Ascend their IPs, for the rank table).  Any failing node is a ``PlanError``: nothing started.
 - ``rendezvous``: the scheduler runs on the first node (its NodeAddr), on a port derived from the
@@ -387,10 +387,10 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ the allocation
     def allocation(self) -> "SlurmEnv":
-        from cluster.slurm import SlurmEnv, SlurmError, hostnames
+        from cluster.slurm import SlurmEnv, SlurmError
         if self._alloc is None:
             try:
-                alloc = SlurmEnv.from_env(expand=hostnames)
+                alloc = SlurmEnv.from_env()
             except SlurmError as exc:
                 raise _plan_error(str(exc)) from None
             if alloc is None:
@@ -422,10 +422,17 @@ class SlurmBackend(Backend):
                     f"--devices {s.devices}: {count} rank(s) per node, but this Slurm job holds {cpus} CPU(s) on "
                     f"{node} (SLURM_JOB_CPUS_PER_NODE={os.environ.get('SLURM_JOB_CPUS_PER_NODE')}); ask sbatch/salloc "
                     f"for --ntasks-per-node={count} or use --devices {cpus}")
-        self._addrs = node_addresses(alloc.nodes)
-        # CPU (and GPU) slots need no look at the nodes; auto may find NPUs there, so it asks them
-        slots = wanted if s.backend in ("cpu", "gpu") else None
-        reports = self._probe(alloc, "cpu" if slots is not None else s.backend)
+        # the node addresses (scontrol) are asked for while the probe step runs: neither needs the other
+        addrs: Dict[str, str] = {}
+        asking = threading.Thread(target=lambda: addrs.update(node_addresses(alloc.nodes)), daemon=True)
+        asking.start()
+        try:
+            # CPU (and GPU) slots need no look at the nodes; auto may find NPUs there, so it asks them
+            slots = wanted if s.backend in ("cpu", "gpu") else None
+            reports = self._probe(alloc, "cpu" if slots is not None else s.backend)
+        finally:
+            asking.join()
+        self._addrs = addrs
         servers = []
         for node in alloc.nodes:
             rep = reports[node]
