@@ -17,11 +17,10 @@ states and straggler rule are described in docs/monitoring.md.
 """
 from __future__ import annotations
 
-import bisect
 import collections
-import functools
 import math
 import time
+from itertools import repeat
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -43,6 +42,19 @@ BATCH = 8192                # lines parsed and folded at a time
 #: Upper bounds (seconds) of the exported step-time histogram.  PSPNet steps take ~0.3-1.5 s on
 #: Ascend and 0.05-30 s on CPU; the buckets cover both with roughly 2x spacing.
 STEP_TIME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def column(events: Sequence[Dict[str, Any]], key: str) -> List[Any]:
+    """``[ev.get(key) for ev in events]``, looped in C (per-event Python work is what a full pass costs)."""
+    return list(map(dict.get, events, repeat(key)))
+
+
+def finite(values: List[Any]) -> List[Optional[float]]:
+    """``values`` as finite floats, None where one is not: the usual column (all finite floats) is checked
+    once as a whole (a NaN or an infinity makes the sum non-finite) and returned as it is."""
+    if set(map(type, values)) == {float} and math.isfinite(sum(values)):
+        return values
+    return list(map(num, values))
 
 
 def percentile_sorted(v: Sequence[float], q: float) -> float:
@@ -137,10 +149,13 @@ class Series:
         return range((-n0) % self.stride, count, self.stride)
 
     def put(self, first: int, positions: range, values: Sequence[Optional[float]]) -> None:
-        for pos, v in zip(positions, values):
-            if v is not None:
-                self.x.append(first + pos)
-                self.y.append(v)
+        if None in values:
+            kept = [(first + pos, v) for pos, v in zip(positions, values) if v is not None]
+            self.x += [x for x, _ in kept]
+            self.y += [v for _, v in kept]
+        else:
+            self.x += range(first + positions.start, first + positions.stop, positions.step)
+            self.y += values
 
     def extend(self, values: Sequence[Optional[float]]) -> None:
         n0 = self.n
@@ -148,7 +163,7 @@ class Series:
         self.put(n0, keep, values[keep.start::keep.step])
 
 
-_bucket_of = functools.partial(bisect.bisect_left, STEP_TIME_BUCKETS)
+_BOUNDS = np.array(STEP_TIME_BUCKETS)     # searchsorted's default side: a value on a bound counts in its bucket
 
 
 class _Device:
@@ -175,19 +190,19 @@ class _Device:
 
     def add_steps(self, steps: Sequence[Dict[str, Any]]) -> None:
         """Statistics of step events (oldest first)."""
-        times = [ev.get("step_time_s") for ev in steps]
-        t = [v for v in times if type(v) is float and -math.inf < v < math.inf]
-        if len(t) != len(times):
-            t = [v for v in map(num, times) if v is not None]
+        t = finite(column(steps, "step_time_s"))
+        if None in t:
+            t = [v for v in t if v is not None]
         self.add_times(t)
         if t and min(t) < 0:
             t = [v for v in t if v >= 0]
-        for b, c in collections.Counter(map(_bucket_of, t)).items():
-            self.buckets[b] += c
-        self.bucket_sum += math.fsum(t)
+        if t:
+            counts = np.bincount(np.searchsorted(_BOUNDS, t), minlength=len(self.buckets)).tolist()
+            self.buckets = [a + b for a, b in zip(self.buckets, counts)]
+            self.bucket_sum += math.fsum(t)
         n0 = self.loss_series.n
         keep = self.loss_series.take(len(steps))
-        self.loss_series.put(n0, keep, [num(steps[i].get("loss")) for i in keep])
+        self.loss_series.put(n0, keep, finite(column(steps[keep.start::keep.step], "loss")))
         hs: List[tuple] = []            # the newest RECENT known values, walking back
         hl: List[tuple] = []
         for ev in reversed(steps):
@@ -204,8 +219,10 @@ class _Device:
 
 def parse_lines(lines: List[bytes]) -> tuple:
     """``(events, n)``: the events among ``lines`` (without newlines), and the number of non-empty lines."""
+    if not all(lines):
+        lines = [line for line in lines if line]
     try:
-        parsed = [orjson.loads(line) for line in lines if line]
+        parsed = list(map(orjson.loads, lines))
     except orjson.JSONDecodeError:       # NaN, a marker, a torn line...: one line at a time
         parsed = []
         for line in lines:
@@ -214,8 +231,9 @@ def parse_lines(lines: List[bytes]) -> tuple:
                     parsed.append(orjson.loads(line))
                 except orjson.JSONDecodeError:
                     parsed.append(parse_line(line))
-    events = [ev for ev in parsed if type(ev) is dict and type(ev.get("event")) is str]
-    return events, len(parsed)
+    if set(map(type, parsed)) == {dict}:
+        return parsed, len(parsed)
+    return [ev for ev in parsed if type(ev) is dict], len(parsed)
 
 
 class Aggregator:
@@ -258,7 +276,7 @@ class Aggregator:
         """Apply parsed events, oldest first (unknown names and fields are ignored; bad values skipped)."""
         if not events:
             return
-        ranks = [ev.get("rank") for ev in events]
+        ranks = column(events, "rank")
         if ranks.count(ranks[0]) == len(ranks):
             groups: Dict[Any, Any] = {ranks[0]: events}
         else:
@@ -269,9 +287,14 @@ class Aggregator:
             rank = integer(raw) if type(raw) is not bool else None
             if rank is None or rank < 0:
                 continue
+            names = column(evs, "event")
+            if set(map(type, names)) != {str}:        # a record without an event name is no event
+                evs = [ev for ev, name in zip(evs, names) if type(name) is str]
+                names = [name for name in names if type(name) is str]
+                if not evs:
+                    continue
             d = self._dev(rank)
             d.source = d.source or "events"
-            names = [ev.get("event") for ev in evs]
             d.add_steps(d.progress.fold(evs, names))
             if "epoch" in names:
                 for ev, name in zip(evs, names):
