@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import time
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -143,9 +144,9 @@ class Series:
         self.n += count
         while self.n // self.stride > 2 * self.cap:          # thin what is kept, before adding
             self.stride *= 2
-            keep = [i for i, x in enumerate(self.x) if x % self.stride == 0]
-            self.x = [self.x[i] for i in keep]
-            self.y = [self.y[i] for i in keep]
+            keep = [x % self.stride == 0 for x in self.x]
+            self.x = list(compress(self.x, keep))
+            self.y = list(compress(self.y, keep))
         return range((-n0) % self.stride, count, self.stride)
 
     def put(self, first: int, positions: range, values: Sequence[Optional[float]]) -> None:
@@ -296,11 +297,10 @@ class Aggregator:
             d = self._dev(rank)
             d.source = d.source or "events"
             d.add_steps(d.progress.fold(evs, names))
-            if "epoch" in names:
-                for ev, name in zip(evs, names):
-                    mst = num(ev.get("mean_step_time_s")) if name == "epoch" else None
-                    if mst is not None:
-                        d.epoch_step_times.append((integer(ev.get("epoch")), mst))
+            for i in compress(range(len(names)), map(operator.eq, names, repeat("epoch"))):
+                mst = num(evs[i].get("mean_step_time_s"))
+                if mst is not None:
+                    d.epoch_step_times.append((integer(evs[i].get("epoch")), mst))
             p = d.progress
             self.max_attempt = max(self.max_attempt, p.attempt)
             if p.world_size:

@@ -16,6 +16,8 @@ error (best mIoU and the mIoU history are kept).
 from __future__ import annotations
 
 import math
+import operator
+from itertools import compress, repeat
 from typing import Any, Dict, List, Optional, Sequence
 
 _STEP_INTS = ("epoch", "step", "global_step")
@@ -85,19 +87,18 @@ class Progress:
         """Apply ``events`` (oldest first); returns the step events among them, in order."""
         if names is None:
             names = [ev.get("event") for ev in events]
-        if names.count("step") == len(events):          # the usual batch: steps only
+        others = list(compress(range(len(names)), map(operator.ne, names, repeat("step"))))
+        if not others:          # the usual batch: steps only
             if events:
                 self._steps(events)
             return events
         steps: List[Dict[str, Any]] = []
         start = 0
-        for i, name in enumerate(names):
-            if name == "step":
-                continue
+        for i in others:        # runs of steps between the other events, each run applied at once
             if i > start:
                 steps += events[start:i]
                 self._steps(events[start:i])
-            self._event(name, events[i])
+            self._event(names[i], events[i])
             start = i + 1
         if start < len(events):
             steps += events[start:]
