@@ -227,3 +227,43 @@ def test_sigterm_stops_a_busy_rank_promptly_with_an_error_event(tmp_path):
     assert proc.returncode == 143
     errors = [e for e in (parse_line(l) for l in rest.splitlines()) if e and e["event"] == "error"]
     assert errors and "SIGTERM" in errors[0]["message"] and errors[0]["exit_code"] == 143
+
+
+def test_sigterm_during_training_checkpoints_the_step_and_resume_continues(tmp_path):
+    """A stop (launcher, scancel, preemption) after training began saves the step the rank was in and
+    ends 143; resuming from the rank's checkpoint dir continues with the next step."""
+    args = [sys.executable, "-m", "trainer.train", "--config", "smoke", *TINY, f"data_root={tmp_path / 'data'}",
+            "synth_images=12", f"output_dir={tmp_path / 'out'}", "epochs=2", "max_steps_per_epoch=4",
+            "ckpt_every=0", "ckpt_every_steps=0", "val_every=0"]
+    env = clean_env(PSPNET_STOP_SAVE_S=300)        # generous: the machine may be loaded
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = []
+    try:
+        for line in proc.stdout:                      # stop once step 2 is done: the rank is in step 3
+            ev = parse_line(line) if line.startswith("@pspnet ") else None
+            if ev:
+                before.append(ev)
+                if ev["event"] == "step" and ev["global_step"] == 2:
+                    break
+        proc.terminate()
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    after = [e for e in (parse_line(l) for l in rest.splitlines() if l.startswith("@pspnet ")) if e]
+    names = [e["event"] for e in after]
+    assert "checkpoint" in names and names[-1] == "error", names
+    assert after[-1]["exit_code"] == 143 and "SIGTERM" in after[-1]["message"]
+    last_step = max(e["global_step"] for e in before + after if e["event"] == "step")
+    saved = [e for e in after if e["event"] == "checkpoint"]
+    assert [e["global_step"] for e in saved] == [last_step] and last_step in (2, 3)
+    kept = list_checkpoints(tmp_path / "out" / "ckpt" / "rank_0")
+    assert [k.global_step for k in kept] == [last_step] and kept[0].intact()
+
+    proc, resumed = run(args[1:], tmp_path,
+                        env=clean_env(PSPNET_RESUME=tmp_path / "out" / "ckpt" / "rank_0"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ev = [e for e in resumed if e["event"] == "resumed"]
+    assert ev and ev[0]["global_step"] == last_step
+    assert sorted(losses(resumed)) == list(range(last_step + 1, 9))

@@ -12,6 +12,10 @@ Exit codes: 0 done (also a scheduler process); 1 training failed (exception, non
 ``error`` event says what and where); 2 bad command line, config, environment or a refused resume;
 3 bad data (list file / sample problem, named in the message); 130 SIGINT; 143 SIGTERM.
 
+SIGTERM/SIGINT during training (after the first step): the rank finishes the step it is in, writes a
+checkpoint, then exits 128+signal; ``PSPNET_STOP_SAVE_S`` (default 7 s, under the launcher's 10 s grace)
+bounds that, after which it exits at once without saving, as it does before training starts.
+
 Fault injection for launcher tests: ``PSPNET_CRASH_AT_STEP=N`` makes the rank fail (exit 1, error event)
 just before global step N runs, once; with ``PSPNET_CRASH_RANK=R`` only rank R does.
 """
@@ -44,6 +48,35 @@ class Terminated(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by signal {signal.Signals(signum).name}")
         self.signum = signum
+
+
+class StopRequest:
+    """A stop signal, shared by the watcher thread and the training loop.
+
+    ``graceful`` is set while the loop checks ``signum`` after every step; outside it (start-up, compile,
+    the end) the watcher ends the rank at once, as there is nothing newer than the last checkpoint."""
+
+    def __init__(self, save_s: float) -> None:
+        import threading
+        self.save_s = save_s
+        self.signum: Optional[int] = None
+        self.graceful = False
+        self.exiting = threading.Lock()     # whoever holds it ends the process: no double error event
+
+
+def _stop_save_seconds() -> float:
+    raw = os.environ.get("PSPNET_STOP_SAVE_S", "").strip()
+    try:
+        value = float(raw) if raw else 7.0
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        print(f"warning: PSPNET_STOP_SAVE_S={raw!r} is not a number of seconds >= 0; using 7", file=sys.stderr)
+        value = 7.0
+    return value
+
+
+STOP = StopRequest(0.0)
 
 
 class TrainingFailed(RuntimeError):
@@ -128,6 +161,7 @@ class Trainer:
         self.sha = config_sha(cfg)
         self.best_miou = 0.0
         self.global_step = 0
+        self.saved_step = -1
         self.crash_at = self._crash_step()
 
     def _crash_step(self) -> Optional[int]:
@@ -244,6 +278,8 @@ class Trainer:
                         f"lr {lr:.6g} time {dt:.3f} s")
                 if ckpt_steps > 0 and self.global_step % ckpt_steps == 0 and step < self.spe:
                     self.save(epoch, step)
+                STOP.graceful = STOP.save_s > 0
+                self.stop_if_asked(epoch, step)
         stats.wall = time.perf_counter() - t_epoch
         return stats
 
@@ -275,8 +311,27 @@ class Trainer:
         extra = {"step_in_epoch": step_in_epoch, "steps_per_epoch": self.spe, "world_size": self.world.size,
                  "best_miou": self.best_miou, "total_steps": self.total_steps}
         ev = self.ckpt.save(self.train_net, epoch=epoch, global_step=self.global_step, extra=extra, kind=kind)
+        if kind == "last":
+            self.saved_step = self.global_step
         self.events.emit("checkpoint", **ev)
         say(f"saved {kind} checkpoint {ev['path']} ({ev['bytes'] / 1e6:.1f} MB, {ev['seconds']:.2f} s)")
+
+    def stop_if_asked(self, epoch: int, step_in_epoch: int) -> None:
+        """A stop signal arrived during training: checkpoint where the loop stands (unless that step is
+        saved already), say so, and end the process with 128+signal."""
+        if STOP.signum is None:
+            return
+        if self.saved_step != self.global_step:
+            try:
+                self.save(epoch, step_in_epoch)
+            except Exception as exc:  # noqa: BLE001 - the stop still ends the rank as stopped, not failed
+                say(f"warning: checkpoint on stop failed: {exc}")
+        if STOP.exiting.acquire(blocking=False):     # else the watcher's deadline won and is exiting
+            _report(self.events, Terminated(STOP.signum), 128 + STOP.signum)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + STOP.signum)     # no interpreter teardown: a collective there could block
+        time.sleep(60)                      # the watcher ends the process meanwhile
 
     def run(self) -> int:
         cfg = self.cfg
@@ -314,6 +369,8 @@ class Trainer:
             ckpt_every = int(cfg["ckpt_every"])
             if epoch == epochs or (ckpt_every > 0 and epoch % ckpt_every == 0):
                 self.save(epoch, self.spe)
+            self.stop_if_asked(epoch, self.spe)
+        STOP.graceful = False
         wall = time.perf_counter() - t_run
         self.events.emit("finished", epochs=epochs, best_miou=round(self.best_miou, 6), wall_s=round(wall, 3),
                          global_step=self.global_step)
@@ -343,10 +400,12 @@ _STOP_SOCKETS = None
 
 
 def install_stop_handlers(events: EventWriter) -> None:
-    """SIGTERM/SIGINT end the rank promptly with an ``error`` event and exit 128+signal, even while the
-    main thread sits in a MindSpore kernel or collective (where a Python-level handler would never run):
-    the signal number arrives on a wakeup socket that a watcher thread reads.  Checkpoints are written
-    atomically, so stopping between two writes loses nothing but the current step.
+    """SIGTERM/SIGINT end the rank with an ``error`` event and exit 128+signal, even while the main
+    thread sits in a MindSpore kernel or collective (where a Python-level handler would never run): the
+    signal number arrives on a wakeup socket that a watcher thread reads.  During training the watcher
+    gives the loop ``STOP.save_s`` seconds to finish its step and checkpoint it (Trainer.stop_if_asked),
+    then ends the rank itself: a rank whose peers are gone never finishes its collective.  Checkpoints
+    are written atomically, so ending during a save leaves the previous one intact.
     SIGUSR1 dumps every thread's Python stack to stderr (for a rank that seems stuck)."""
     import faulthandler
     import socket
@@ -371,6 +430,13 @@ def install_stop_handlers(events: EventWriter) -> None:
                 return
             signum = data[0]
             if signum in (signal.SIGTERM, signal.SIGINT):
+                if STOP.signum is not None:
+                    continue            # a second signal changes nothing: the deadline already runs
+                STOP.signum = signum
+                if STOP.graceful:
+                    time.sleep(STOP.save_s)
+                if not STOP.exiting.acquire(blocking=False):
+                    return              # the loop saved in time and is exiting
                 exc = Terminated(signum)
                 _report(events, exc, 128 + signum)
                 sys.stdout.flush()
@@ -394,6 +460,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from trainer.world import join
         join(world)      # returns when the workers have finished
         return EXIT_OK
+    STOP.save_s = _stop_save_seconds()
     install_stop_handlers(events)
     resume = args.resume or RankEnv.from_env().resume
     code = EXIT_FAILED
