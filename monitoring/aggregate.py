@@ -17,7 +17,9 @@ states and straggler rule are described in docs/monitoring.md.
 """
 from __future__ import annotations
 
+import bisect
 import collections
+import functools
 import math
 import operator
 import time
@@ -164,7 +166,7 @@ class Series:
         self.put(n0, keep, values[keep.start::keep.step])
 
 
-_BOUNDS = np.array(STEP_TIME_BUCKETS)     # searchsorted's default side: a value on a bound counts in its bucket
+_bucket_of = functools.partial(bisect.bisect_left, STEP_TIME_BUCKETS)
 
 
 class _Device:
@@ -191,16 +193,16 @@ class _Device:
 
     def add_steps(self, steps: Sequence[Dict[str, Any]]) -> None:
         """Statistics of step events (oldest first)."""
-        t = finite(column(steps, "step_time_s"))
-        if None in t:
+        raw = column(steps, "step_time_s")
+        t = finite(raw)
+        if t is not raw:
             t = [v for v in t if v is not None]
         self.add_times(t)
         if t and min(t) < 0:
             t = [v for v in t if v >= 0]
-        if t:
-            counts = np.bincount(np.searchsorted(_BOUNDS, t), minlength=len(self.buckets)).tolist()
-            self.buckets = [a + b for a, b in zip(self.buckets, counts)]
-            self.bucket_sum += math.fsum(t)
+        for b, c in collections.Counter(map(_bucket_of, t)).items():
+            self.buckets[b] += c
+        self.bucket_sum += math.fsum(t)
         n0 = self.loss_series.n
         keep = self.loss_series.take(len(steps))
         self.loss_series.put(n0, keep, finite(column(steps[keep.start::keep.step], "loss")))
