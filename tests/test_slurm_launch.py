@@ -163,6 +163,9 @@ def test_time_limit_warning_requeues_and_the_job_resumes_by_itself(slurm_cluster
     slurm_cluster.run(["scancel", "--batch", "--signal=USR1", slurm_id])
     _wait_for(lambda: "Restarts=1" in slurm_cluster.run(["scontrol", "-o", "show", "job", slurm_id]).stdout, 60,
               "the job to be requeued")
+    # slurmd refuses a job credential made in the same second as the old run's kill ("Job credential
+    # revoked": both times are whole seconds), which Slurm's own 2-minute requeue delay avoids
+    time.sleep(1.1)
     # a requeued job waits ~2 minutes before it may start again; an administrator's nudge
     _wait_for(lambda: slurm_cluster.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"]).returncode == 0,
               30, "the requeued job to accept a start time")

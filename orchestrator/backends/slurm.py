@@ -53,6 +53,9 @@ PROBE_TIMEOUT = 120.0
 START_TIMEOUT = 300.0            # srun waits this long at most for the step's resources
 OUTSIDE_STOP_DELAY = 0.3         # seconds a rank's exit is held back when Slurm stopped the step
 _LABEL = re.compile(r"^\s*(\d+): ?(.*)$")
+# the CPU/GPU probe of one node (sh -c SCRIPT sh TOKEN_FILE): does it see the job dir's token file?
+_SH_PROBE = ('if t=$(cat -- "$1" 2>&1); then echo "{c}sees $SLURMD_NODENAME $t"; '
+             'else echo "{c}blind $SLURMD_NODENAME $t"; fi')
 
 
 def _plan_error(msg: str):
@@ -465,13 +468,17 @@ class SlurmBackend(Backend):
             raise _plan_error(f"{job_dir}: cannot write the job dir ({exc.strerror or exc})") from None
         n = len(alloc.nodes)
         argv = [slurm_tool("srun"), f"--nodes={n}", f"--ntasks={n}", "--ntasks-per-node=1", "--mpi=none",
-                "--kill-on-bad-exit=1", "--label", f"--job-name=pspnet-probe-{s.job_id}",
-                *task_command(), "probe", "--token", str(token_path),
-                "--devices", str(s.devices), "--backend", probe_backend]
-        if s.hccn_conf:
-            argv += ["--hccn-conf", s.hccn_conf]
-        if s.npu_smi:
-            argv += ["--npu-smi", s.npu_smi]
+                "--kill-on-bad-exit=1", "--label", f"--job-name=pspnet-probe-{s.job_id}"]
+        if probe_backend in ("cpu", "gpu"):
+            # only the job dir is asked about: a shell answers it without an interpreter's start-up per node
+            argv += ["/bin/sh", "-c", _SH_PROBE.format(c=CONTROL), "sh", str(token_path)]
+        else:
+            argv += [*task_command(), "probe", "--token", str(token_path),
+                     "--devices", str(s.devices), "--backend", probe_backend]
+            if s.hccn_conf:
+                argv += ["--hccn-conf", s.hccn_conf]
+            if s.npu_smi:
+                argv += ["--npu-smi", s.npu_smi]
         try:
             from cluster.proc import child_setup
             res = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
@@ -496,6 +503,11 @@ class SlurmBackend(Backend):
                 except ValueError:
                     continue
                 reports[rep.get("node", "")] = rep
+            elif body.startswith(CONTROL + "sees ") or body.startswith(CONTROL + "blind "):
+                kind, node, said = (body[len(CONTROL):].split(" ", 2) + [""])[:3]
+                reports[node] = {"node": node, "devices": None, "error": None,
+                                 "token": said.strip() if kind == "sees" else None,
+                                 "token_error": said.split(": ")[-1].strip() if kind == "blind" else None}
         problems = []
         for node in alloc.nodes:
             rep = reports.get(node)
