@@ -234,6 +234,9 @@ def attempt_workers(plan: JobPlan, attempt: int, rendezvous: Optional[Tuple[str,
     from cluster.accelerators import ACCELERATORS
     accelerator = ACCELERATORS[plan.backend]
     common = RankEnv(rank_size=n, job_id=spec.job_id, attempt=attempt, backend=plan.backend)
+    # the trainer's budget to finish and checkpoint its step after SIGTERM: most of the grace, so the
+    # rank exits by itself before the launcher's SIGKILL
+    stop_save = {"PSPNET_STOP_SAVE_S": f"{0.7 * spec.grace:g}"}
     out: List[WorkerSpec] = []
     if plan.mode == "dynamic":
         sched_addr, port = rendezvous or (spec.sched_host, spec.sched_port or free_port(spec.sched_host))
@@ -254,7 +257,8 @@ def attempt_workers(plan: JobPlan, attempt: int, rendezvous: Optional[Tuple[str,
             env = env.with_(rank_table_file=str(Path(job_dir_on(p.host)) / "rank_table.json"))
         cores = plan.binding.get(p.local_rank)
         out.append(WorkerSpec(rank=p.rank, local_rank=p.local_rank, device=p.device,
-                              argv=_node_argv(plan, view_of(p.host)), env=env_on(p.host, env), host=p.host,
+                              argv=_node_argv(plan, view_of(p.host)), env={**env_on(p.host, env), **stop_save},
+                              host=p.host,
                               cwd=spec.cwd or None,
                               cpu_affinity=tuple(cores) if cores else None, role=ROLE_WORKER))
     return out

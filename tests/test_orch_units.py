@@ -125,7 +125,7 @@ def test_restart_policy_and_common_checkpoint(tmp_path):
 
 
 def test_attempt_environment_and_resume_paths(tmp_path):
-    spec = JobSpec(devices="2", job_id="j", job_dir=str(tmp_path), cwd=str(tmp_path))
+    spec = JobSpec(devices="2", job_id="j", job_dir=str(tmp_path), cwd=str(tmp_path), grace=20.0)
     plan = JobPlan(spec=spec, backend="cpu", mode="dynamic",
                    placements=[Placement(0, 0, 0), Placement(1, 1, 5)], base_argv=["prog"])
     ws = attempt_workers(plan, 3, ("127.0.0.1", 4242), resume={0: "/a.ckpt", 1: "/b.ckpt"})
@@ -134,6 +134,8 @@ def test_attempt_environment_and_resume_paths(tmp_path):
     r1 = ws[2].env
     assert (r1["RANK_ID"], r1["DEVICE_ID"], r1["MS_NODE_ID"], r1["MS_SCHED_PORT"], r1["PSPNET_ATTEMPT"],
             r1["PSPNET_RESUME"]) == ("1", "5", "1", "4242", "3", "/b.ckpt")
+    # a stopped rank may checkpoint its step within most of the grace before the launcher's SIGKILL
+    assert r1["PSPNET_STOP_SAVE_S"] == "14"
     plan.mode = "ranktable"
     ws = attempt_workers(plan, 0)
     assert [w.name for w in ws] == ["rank_0", "rank_1"]

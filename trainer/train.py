@@ -13,8 +13,8 @@ Exit codes: 0 done (also a scheduler process); 1 training failed (exception, non
 3 bad data (list file / sample problem, named in the message); 130 SIGINT; 143 SIGTERM.
 
 SIGTERM/SIGINT during training (after the first step): the rank finishes the step it is in, writes a
-checkpoint, then exits 128+signal; ``PSPNET_STOP_SAVE_S`` (default 7 s, under the launcher's 10 s grace)
-bounds that, after which it exits at once without saving, as it does before training starts.
+checkpoint, then exits 128+signal; ``PSPNET_STOP_SAVE_S`` (the launcher sets 0.7 x its grace; 7 s when
+unset) bounds that, after which it exits at once without saving, as it does before training starts.
 
 Fault injection for launcher tests: ``PSPNET_CRASH_AT_STEP=N`` makes the rank fail (exit 1, error event)
 just before global step N runs, once; with ``PSPNET_CRASH_RANK=R`` only rank R does.
