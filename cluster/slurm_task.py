@@ -27,8 +27,9 @@ job dir (a token file the launcher wrote), the Python and the devices it would u
 ``@@pspnet-slurm probe {json}`` line.
 
 The launcher runs it by path with ``python -S`` (no site-packages), and it imports only the standard
-library and cluster/proc.py (cluster/devices.py for an accelerator probe), so a task adds a bare
-interpreter's start-up to each rank's start.
+library and cluster/proc.py (cluster/devices.py for an accelerator probe; not even
+``argparse`` for ``run``), so a task adds little more than a bare interpreter's start-up to each
+rank's start.
 """
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
 
 if __name__ == "__main__" and __package__ in (None, ""):
     # run by path with ``python -S`` (no site: the interpreter starts in a fraction of the time); the
@@ -64,7 +64,7 @@ def emit(text: str) -> None:
             data = data[n:]
 
 
-def _start(entry: Dict[str, Any], piped: bool) -> subprocess.Popen:
+def _start(entry: dict, piped: bool) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in entry.get("env", {}).items()})
     env["PYTHONUNBUFFERED"] = "1"
@@ -82,7 +82,7 @@ def _pump(proc: subprocess.Popen, prefix: str) -> threading.Thread:
     return t
 
 
-def _tree_usage(pid: int) -> Optional[tuple]:
+def _tree_usage(pid: int) -> tuple | None:
     """(CPU seconds, resident bytes) of a process and its descendants, from /proc (Linux); None once
     it is gone.  Read directly: the wrapper runs without site-packages, so psutil is not at hand."""
     tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
@@ -188,9 +188,9 @@ def run(attempt_file: str) -> int:
     return _status(code)
 
 
-def probe(token: str, devices: str, backend: str, hccn_conf: Optional[str], npu_smi: Optional[str]) -> int:
+def probe(token: str, devices: str, backend: str, hccn_conf: str | None, npu_smi: str | None) -> int:
     node = os.environ.get("SLURMD_NODENAME", "")
-    report: Dict[str, Any] = {"node": node, "python": sys.executable, "token": None, "devices": None,
+    report: dict = {"node": node, "python": sys.executable, "token": None, "devices": None,
                               "error": None}
     try:
         with open(token) as fh:
@@ -208,7 +208,10 @@ def probe(token: str, devices: str, backend: str, hccn_conf: Optional[str], npu_
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "run" and not argv[1].startswith("-"):
+        return run(argv[1])      # every rank's start takes this path: no argparse import on it
     import argparse
     ap = argparse.ArgumentParser(prog="python -S cluster/slurm_task.py")
     sub = ap.add_subparsers(dest="cmd")
