@@ -64,7 +64,7 @@ def test_a_killed_rank_takes_the_step_down_and_is_named(slurm_cluster, tmp_path)
     assert out["outcome"] == "failed"
     f = out["failure"]
     assert f["rank"] == 3 and f["signal"] == "SIGKILL"
-    assert all(c is not None and c != 0 for c in out["exit_codes"].values())     # every task is gone
+    assert all(c is not None and c != 0 for c in out["exit_codes"].values()), out["exit_codes"]   # every task is gone
     assert out["group_down_s"] < 10
 
 
