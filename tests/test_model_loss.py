@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from trainer.model import build_loss
-from trainer.model.loss import PSPLoss, SegCrossEntropy
+from trainer.model.loss import LogSoftmaxGatherCE, PSPLoss, SegCrossEntropy
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,19 +82,6 @@ def test_build_loss_reads_config():
     loss = build_loss({"aux": True, "aux_weight": 0.25, "ignore_label": 7})
     assert loss.aux_weight == 0.25 and loss.ce.ignore_label == 7
     assert build_loss({"aux": False, "aux_weight": 0.4}).aux_weight == 0.0
-
-
-class LogSoftmaxGatherCE(nn.Cell):
-    """The straightforward formulation (log-softmax over the channel axis, gather the target), kept as
-    the reference the fused one must equal."""
-
-    def construct(self, logits, labels):
-        valid = labels != 255
-        target = ops.select(valid, labels, ops.zeros_like(labels))
-        logp = ops.log_softmax(logits, 1)
-        picked = ops.gather_elements(logp, 1, ops.expand_dims(target, 1)).squeeze(1)
-        validf = valid.astype(ms.float32)
-        return (0.0 - (picked * validf).sum()) / ops.maximum(validf.sum(), 1.0)
 
 
 @pytest.mark.parametrize("shape", [(2, 21, 17, 13), (1, 3, 8, 8)])

@@ -58,3 +58,20 @@ class PSPLoss(nn.Cell):
         if isinstance(outputs, (tuple, list)):
             return self.ce(outputs[0], labels) + self.aux_weight * self.ce(outputs[1], labels)
         return self.ce(outputs, labels)
+
+
+class LogSoftmaxGatherCE(nn.Cell):
+    """The direct formulation (log-softmax over the channel axis, gather the target's value): the
+    reference that ``SegCrossEntropy`` is tested against and timed beside, not used in training."""
+
+    def __init__(self, ignore_label: int = 255):
+        super().__init__()
+        self.ignore_label = int(ignore_label)
+
+    def construct(self, logits, labels):
+        valid = labels != self.ignore_label
+        target = ops.select(valid, labels, ops.zeros_like(labels))
+        logp = ops.log_softmax(logits, 1)
+        picked = ops.gather_elements(logp, 1, ops.expand_dims(target, 1)).squeeze(1)
+        validf = valid.astype(ms.float32)
+        return (0.0 - (picked * validf).sum()) / ops.maximum(validf.sum(), 1.0)
