@@ -64,7 +64,11 @@ def test_a_killed_rank_takes_the_step_down_and_is_named(slurm_cluster, tmp_path)
     assert out["outcome"] == "failed"
     f = out["failure"]
     assert f["rank"] == 3 and f["signal"] == "SIGKILL"
-    assert all(c is not None and c != 0 for c in out["exit_codes"].values()), out["exit_codes"]   # every task is gone
+    codes = out["exit_codes"]
+    assert all(c is not None for c in codes.values()), codes                 # every task is gone
+    # no rank ran to its end; the fake scheduler returns 0 as soon as it has printed its line, and whether
+    # its exit is reported before the step's SIGKILL depends on timing, so it is left out here
+    assert all(codes[f"rank_{r}"] not in (None, 0) for r in range(4)), codes
     assert out["group_down_s"] < 10
 
 
