@@ -78,12 +78,16 @@ def plain_round(worker: str, extra: List[str]) -> Dict[str, float]:
             pids[int(body[1])] = int(body[2])
             if len(pids) == RANKS:
                 break
-    running = time.monotonic() - t0
+    return _kill_last_rank(proc, pids, time.monotonic() - t0)
+
+
+def _kill_last_rank(proc: subprocess.Popen, pids: Dict[int, int], running_s: float) -> Dict[str, float]:
+    """SIGKILL the last rank and time until every rank is gone: the same measure for srun and for us."""
     t1 = time.monotonic()
     os.kill(pids[RANKS - 1], signal.SIGKILL)
     gone = _wait_gone(list(pids.values())) - t1
     proc.wait(60)
-    return {"running_s": running, "death_s": gone}
+    return {"running_s": running_s, "death_s": gone}
 
 
 def ours_round(worker: str, extra: List[str], work: Path, n: int) -> Dict[str, float]:
@@ -108,12 +112,7 @@ def ours_round(worker: str, extra: List[str], work: Path, n: int) -> Dict[str, f
             except OSError:
                 pass
         time.sleep(0.002)
-    running = time.monotonic() - t0
-    t1 = time.monotonic()
-    os.kill(pids[RANKS - 1], signal.SIGKILL)
-    gone = _wait_gone(list(pids.values())) - t1
-    proc.wait(60)
-    return {"running_s": running, "death_s": gone}
+    return _kill_last_rank(proc, pids, time.monotonic() - t0)
 
 
 def inside(args: argparse.Namespace) -> int:
